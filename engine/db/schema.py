@@ -1,0 +1,163 @@
+"""The store's tables: current resources, every version, and the search index.
+
+Resources are kept as canonical JSON (JSONB on PostgreSQL, JSON text on SQLite) with their
+`meta.versionId` and `meta.lastUpdated` already inside, so a read serves the stored document
+as it is. The search index is one narrow table per FHIR search parameter type
+(https://hl7.org/fhir/R4/search.html#ptypes); every row points at `resources.pk`, which is
+assigned once when a resource is first created and never changes (paging keys on it).
+
+Times are stored as naive UTC datetimes on both back ends so that they compare the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# BigInteger on PostgreSQL, INTEGER on SQLite (so that it aliases the rowid and autoincrements).
+PrimaryKeyInt = BigInteger().with_variant(Integer(), "sqlite")
+DocumentJSON = JSON().with_variant(JSONB(), "postgresql")
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("pk", PrimaryKeyInt, primary_key=True, autoincrement=True),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", DateTime(timezone=False), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    # The Patient whose compartment this resource belongs to (itself, for a Patient).
+    Column("patient_id", String(64), nullable=True),
+    # Null once deleted: the content of a deleted resource lives on in resource_versions.
+    Column("content", DocumentJSON, nullable=True),
+    UniqueConstraint("res_type", "res_id"),
+    Index(None, "res_type", "last_updated"),
+    Index(None, "patient_id", "res_type"),
+)
+
+resource_versions = Table(
+    "resource_versions",
+    metadata,
+    Column("res_pk", PrimaryKeyInt, primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("last_updated", DateTime(timezone=False), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    # POST, PUT or DELETE: Bundle.entry.request.method in a history bundle.
+    Column("method", String(8), nullable=False),
+    Column("content", DocumentJSON, nullable=True),
+    Index(None, "res_type", "res_id", "version_id"),
+    Index(None, "res_type", "last_updated"),
+    Index(None, "last_updated"),
+)
+
+
+def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
+    table = Table(
+        name,
+        metadata,
+        Column("id", PrimaryKeyInt, primary_key=True, autoincrement=True),
+        Column("res_pk", PrimaryKeyInt, nullable=False),
+        Column("res_type", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *columns,
+    )
+    Index(f"ix_{name}_res_pk", table.c.res_pk)
+    for i, cols in enumerate(indexes):
+        Index(f"ix_{name}_search_{i}", *(table.c[c] for c in cols))
+    return table
+
+
+# Strings are matched on `value` (lower-cased, accents and punctuation folded: the FHIR default
+# "starts with, case and accent insensitive") and on `exact` for the :exact modifier.
+idx_string = _index_table(
+    "idx_string",
+    Column("value", String(256), nullable=False),
+    Column("exact", String(256), nullable=False),
+    indexes=(("res_type", "param", "value"), ("res_type", "param", "exact")),
+)
+
+# Codings, Identifiers, ContactPoints, codes and booleans. `system` is '' when absent.
+idx_token = _index_table(
+    "idx_token",
+    Column("system", String(256), nullable=False, default=""),
+    Column("code", String(256), nullable=False),
+    Column("display", String(256), nullable=True),
+    indexes=(("res_type", "param", "code", "system"), ("res_type", "param", "system")),
+)
+
+# A date, dateTime, instant, Period or Timing as the closed interval [low, high].
+idx_date = _index_table(
+    "idx_date",
+    Column("low", DateTime(timezone=False), nullable=True),
+    Column("high", DateTime(timezone=False), nullable=True),
+    indexes=(("res_type", "param", "low", "high"), ("res_type", "param", "high")),
+)
+
+# Literal references: `target_type`/`target_id` for relative and local absolute ones,
+# `url` for absolute references to other servers and canonical URLs.
+idx_reference = _index_table(
+    "idx_reference",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("url", String(512), nullable=True),
+    indexes=(
+        ("res_type", "param", "target_id", "target_type"),
+        ("target_type", "target_id"),
+        ("res_type", "param", "url"),
+    ),
+)
+
+idx_quantity = _index_table(
+    "idx_quantity",
+    Column("system", String(256), nullable=False, default=""),
+    Column("code", String(64), nullable=False, default=""),
+    Column("value", Float, nullable=False),
+    indexes=(("res_type", "param", "code", "value"), ("res_type", "param", "value")),
+)
+
+idx_number = _index_table(
+    "idx_number",
+    Column("value", Float, nullable=False),
+    indexes=(("res_type", "param", "value"),),
+)
+
+idx_uri = _index_table(
+    "idx_uri",
+    Column("value", String(512), nullable=False),
+    indexes=(("res_type", "param", "value"),),
+)
+
+INDEX_TABLES: dict[str, Table] = {
+    "string": idx_string,
+    "token": idx_token,
+    "date": idx_date,
+    "reference": idx_reference,
+    "quantity": idx_quantity,
+    "number": idx_number,
+    "uri": idx_uri,
+}
