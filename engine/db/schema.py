@@ -76,7 +76,9 @@ resource_versions = Table(
 )
 
 
-def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
+def _index_table(
+    name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...], pattern_ops: tuple[str, ...] = ()
+) -> Table:
     table = Table(
         name,
         metadata,
@@ -88,7 +90,9 @@ def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ..
     )
     Index(f"ix_{name}_res_pk", table.c.res_pk)
     for i, cols in enumerate(indexes):
-        Index(f"ix_{name}_search_{i}", *(table.c[c] for c in cols))
+        # varchar_pattern_ops lets PostgreSQL use the index for `LIKE 'prefix%'` in any collation.
+        ops = {c: "varchar_pattern_ops" for c in cols if c in pattern_ops}
+        Index(f"ix_{name}_search_{i}", *(table.c[c] for c in cols), postgresql_ops=ops)
     return table
 
 
@@ -99,6 +103,7 @@ idx_string = _index_table(
     Column("value", String(256), nullable=False),
     Column("exact", String(256), nullable=False),
     indexes=(("res_type", "param", "value"), ("res_type", "param", "exact")),
+    pattern_ops=("value",),
 )
 
 # Codings, Identifiers, ContactPoints, codes and booleans. `system` is '' when absent.
