@@ -1,0 +1,389 @@
+"""Search index rows for a resource: what each of its search parameters finds in it, normalised.
+
+`extract_index` evaluates every registered parameter of the resource's type (expressions compiled once,
+in engine.search.registry) and turns the nodes found into rows for the index tables of
+engine/db/schema.py, by search parameter type (https://hl7.org/fhir/R4/search.html#ptypes). The
+repository adds `res_pk` and `res_type` to each row. `patient_compartment` says which Patient's record a
+resource belongs to (https://hl7.org/fhir/R4/compartmentdefinition-patient.html, simplified to the
+`patient`/`subject` parameters).
+
+Pure: no I/O beyond the registry loaded once at import.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.search.fhirpath import Item
+from engine.search.normalise import (
+    MAX_STRING,
+    MAX_URL,
+    normalise_string,
+    parse_fhir_date_range,
+    parse_reference,
+)
+from engine.search.registry import SearchParam, params_for, SUPPORTED_TYPES
+
+INDEX_KINDS = ("string", "token", "date", "reference", "quantity", "number", "uri")
+"""The index tables, named by search parameter type (engine.db.schema.INDEX_TABLES)."""
+
+Row = dict[str, Any]
+_MAX_QUANTITY_CODE = 64  # idx_quantity.code
+_COMPARTMENT_PARAMS = ("patient", "subject")
+_DATE_TYPES = frozenset({"date", "dateTime", "instant"})
+_QUANTITY_TYPES = frozenset({"Quantity", "Age", "Count", "Distance", "Duration", "MoneyQuantity", "SimpleQuantity"})
+_CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
+
+
+# --- strings: https://hl7.org/fhir/R4/search.html#string -----------------------------------------
+
+
+def _string_values(items: Iterable[Item]) -> Iterator[str]:
+    """The texts a string parameter matches: a plain string, or the parts of a HumanName or Address."""
+    for node, fhir_type in items:
+        if type(node) is str:
+            yield node
+        elif type(node) is dict:
+            shape = fhir_type if fhir_type in ("HumanName", "Address") else _string_shape(node)
+            if shape == "HumanName":
+                yield from _parts(node, ("text", "family"), ("given", "prefix", "suffix"))
+            elif shape == "Address":
+                yield from _parts(node, ("text",), ("line",))
+                yield from _parts(node, ("city", "district", "state", "postalCode", "country"), ())
+            elif type(node.get("text")) is str:
+                yield node["text"]
+
+
+def _string_shape(node: Mapping[str, Any]) -> str | None:
+    if any(k in node for k in ("family", "given", "prefix", "suffix")):
+        return "HumanName"
+    if any(k in node for k in ("line", "city", "district", "state", "postalCode", "country")):
+        return "Address"
+    return None
+
+
+def _parts(node: Mapping[str, Any], single: tuple[str, ...], repeated: tuple[str, ...]) -> Iterator[str]:
+    for key in single:
+        value = node.get(key)
+        if type(value) is str:
+            yield value
+    for key in repeated:
+        values = node.get(key)
+        if type(values) is list:
+            yield from (v for v in values if type(v) is str)
+
+
+def _string_rows(items: Iterable[Item]) -> Iterator[tuple[str, str]]:
+    for text in _string_values(items):
+        value = normalise_string(text)
+        if value:
+            yield value, text[:MAX_STRING]
+
+
+# --- tokens: https://hl7.org/fhir/R4/search.html#token -------------------------------------------
+
+
+def _token_rows(items: Iterable[Item]) -> Iterator[tuple[str, str, str | None]]:
+    """(system, code, display) for Codings, CodeableConcepts, Identifiers, ContactPoints and primitives."""
+    for node, fhir_type in items:
+        kind = type(node)
+        if kind is str:
+            yield "", node, None
+        elif kind is bool:
+            yield "", "true" if node else "false", None
+        elif kind is int:
+            yield "", str(node), None
+        elif kind is dict:
+            yield from _complex_tokens(node, fhir_type or _token_shape(node))
+
+
+def _complex_tokens(node: Mapping[str, Any], shape: str | None) -> Iterator[tuple[str, str, str | None]]:
+    if shape == "CodeableConcept":
+        codings = node.get("coding")
+        if type(codings) is list:
+            for coding in codings:
+                if type(coding) is dict:
+                    yield _coding(coding)
+    elif shape == "Coding":
+        yield _coding(node)
+    elif shape == "Identifier":
+        yield _text(node.get("system")), _text(node.get("value")), None
+    elif shape == "ContactPoint":
+        # The ContactPoint's own system (phone, email…) is not a token system.
+        yield "", _text(node.get("value")), None
+
+
+def _coding(coding: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    display = coding.get("display")
+    return _text(coding.get("system")), _text(coding.get("code")), display if type(display) is str else None
+
+
+def _token_shape(node: Mapping[str, Any]) -> str | None:
+    """The datatype of a token node the path did not type, from its shape."""
+    if "coding" in node or ("text" in node and "value" not in node):
+        return "CodeableConcept"
+    if "code" in node:
+        return "Coding"
+    if "value" in node:
+        return "ContactPoint" if node.get("system") in _CONTACT_SYSTEMS else "Identifier"
+    return None
+
+
+def _text(value: Any) -> str:
+    return value if type(value) is str else ""
+
+
+def _token_row(param: str, row: tuple[str, str, str | None]) -> Row | None:
+    system, code, display = row
+    if not code:
+        return None
+    return {
+        "param": param,
+        "system": system[:MAX_STRING],
+        "code": code[:MAX_STRING],
+        "display": display[:MAX_STRING] if display else None,
+    }
+
+
+# --- dates: https://hl7.org/fhir/R4/search.html#date ---------------------------------------------
+
+
+def _date_rows(items: Iterable[Item]) -> Iterator[tuple[Any, Any]]:
+    """[low, high] for dates, dateTimes, instants, Periods and each event of a Timing."""
+    for node, fhir_type in items:
+        if type(node) is str:
+            if fhir_type is None or fhir_type in _DATE_TYPES:
+                yield from _date_range(node)
+        elif type(node) is dict:
+            shape = fhir_type or ("Period" if ("start" in node or "end" in node) else "Timing")
+            if shape == "Period":
+                yield from _period_range(node)
+            elif shape == "Timing" and type(node.get("event")) is list:
+                for event in node["event"]:
+                    yield from _date_range(event)
+
+
+def _date_range(value: Any) -> Iterator[tuple[Any, Any]]:
+    try:
+        yield parse_fhir_date_range(value)
+    except (ValueError, TypeError):
+        return
+
+
+def _period_range(period: Mapping[str, Any]) -> Iterator[tuple[Any, Any]]:
+    """A Period's open ends stay None: https://hl7.org/fhir/R4/search.html#date (Period)."""
+    low = next(_date_range(period["start"]), (None, None))[0] if "start" in period else None
+    high = next(_date_range(period["end"]), (None, None))[1] if "end" in period else None
+    if low is not None or high is not None:
+        yield low, high
+
+
+# --- references: https://hl7.org/fhir/R4/search.html#reference -----------------------------------
+
+
+def _reference_rows(items: Iterable[Item]) -> Iterator[tuple[str | None, str | None, str | None]]:
+    """(target_type, target_id, url) for literal references and for canonical/uri values."""
+    for node, fhir_type in items:
+        if type(node) is str:
+            if node:
+                yield None, None, node[:MAX_URL]
+        elif type(node) is dict and fhir_type in (None, "Reference"):
+            row = _literal(node)
+            if row is not None:
+                yield row
+
+
+def _literal(reference: Mapping[str, Any]) -> tuple[str | None, str | None, str | None] | None:
+    literal = reference.get("reference")
+    if type(literal) is not str:
+        return None  # identifier- or display-only references are not indexed
+    target = parse_reference(literal)
+    if target is None:
+        return None
+    declared = reference.get("type")
+    target_type = target.target_type
+    if target_type is None and type(declared) is str and declared:
+        target_type = declared.rsplit("/", 1)[-1]
+    return target_type, target.target_id, target.url
+
+
+# --- quantities and numbers: https://hl7.org/fhir/R4/search.html#quantity ------------------------
+
+
+def _quantity_rows(items: Iterable[Item]) -> Iterator[tuple[str, str, float]]:
+    """(system, code or unit, value); a Range gives its low and its high (the table has one value)."""
+    for node, fhir_type in items:
+        if type(node) is not dict:
+            continue
+        shape = fhir_type or ("Range" if ("low" in node or "high" in node) else "Quantity")
+        if shape in _QUANTITY_TYPES:
+            yield from _quantity(node)
+        elif shape == "Range":
+            for end in ("low", "high"):
+                if type(node.get(end)) is dict:
+                    yield from _quantity(node[end])
+
+
+def _quantity(quantity: Mapping[str, Any]) -> Iterator[tuple[str, str, float]]:
+    value = _number(quantity.get("value"))
+    if value is not None:
+        code = _text(quantity.get("code")) or _text(quantity.get("unit"))
+        yield _text(quantity.get("system"))[:MAX_STRING], code[:_MAX_QUANTITY_CODE], value
+
+
+def _number(value: Any) -> float | None:
+    if type(value) not in (int, float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _number_rows(items: Iterable[Item]) -> Iterator[float]:
+    for node, _ in items:
+        number = _number(node)
+        if number is not None:
+            yield number
+
+
+def _uri_rows(items: Iterable[Item]) -> Iterator[str]:
+    for node, _ in items:
+        if type(node) is str and node:
+            yield node[:MAX_URL]
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+
+def _strings(param: str, items: Collection[Item]) -> list[Row]:
+    return [{"param": param, "value": v, "exact": e} for v, e in dict.fromkeys(_string_rows(items))]
+
+
+def _tokens(param: str, items: Collection[Item]) -> list[Row]:
+    rows = (_token_row(param, row) for row in dict.fromkeys(_token_rows(items)))
+    return [row for row in rows if row is not None]
+
+
+def _dates(param: str, items: Collection[Item]) -> list[Row]:
+    return [{"param": param, "low": low, "high": high} for low, high in dict.fromkeys(_date_rows(items))]
+
+
+def _references(param: str, items: Collection[Item]) -> list[Row]:
+    rows = dict.fromkeys(_reference_rows(items))
+    return [{"param": param, "target_type": t, "target_id": i, "url": u} for t, i, u in rows]
+
+
+def _quantities(param: str, items: Collection[Item]) -> list[Row]:
+    rows = dict.fromkeys(_quantity_rows(items))
+    return [{"param": param, "system": s, "code": c, "value": v} for s, c, v in rows]
+
+
+def _numbers(param: str, items: Collection[Item]) -> list[Row]:
+    return [{"param": param, "value": v} for v in dict.fromkeys(_number_rows(items))]
+
+
+def _uris(param: str, items: Collection[Item]) -> list[Row]:
+    return [{"param": param, "value": v} for v in dict.fromkeys(_uri_rows(items))]
+
+
+_ROWS: Mapping[str, Callable[[str, Collection[Item]], list[Row]]] = {
+    "string": _strings,
+    "token": _tokens,
+    "date": _dates,
+    "reference": _references,
+    "quantity": _quantities,
+    "number": _numbers,
+    "uri": _uris,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The parameters of one resource type, ordered, with those to try for each top-level key."""
+
+    params: tuple[SearchParam, ...]
+    always: tuple[int, ...]
+    by_key: Mapping[str, tuple[int, ...]]
+
+    def applicable(self, resource: Mapping[str, Any]) -> list[SearchParam]:
+        """The parameters that can find something in `resource`, judged by its top-level keys."""
+        chosen = set(self.always)
+        for key in resource:
+            chosen.update(self.by_key.get(key, ()))
+        return [self.params[i] for i in sorted(chosen)]
+
+
+def _plan(params: Mapping[str, SearchParam]) -> _Plan:
+    ordered = tuple(p for _, p in sorted(params.items()) if p.type in _ROWS)
+    always: list[int] = []
+    by_key: dict[str, list[int]] = {}
+    for i, param in enumerate(ordered):
+        keys = param.evaluator.root_keys
+        if keys is None:
+            always.append(i)
+        for key in keys or ():
+            by_key.setdefault(key, []).append(i)
+    return _Plan(ordered, tuple(always), {k: tuple(v) for k, v in by_key.items()})
+
+
+_PLANS: Mapping[str, _Plan] = {t: _plan(params_for(t)) for t in SUPPORTED_TYPES}
+
+
+def extract_index(resource: Mapping[str, Any]) -> dict[str, list[Row]]:
+    """Index rows of `resource` by table kind: {"string": [...], "token": [...], …, "uri": [...]}.
+
+    Every kind is present (possibly empty). Rows carry exactly their table's columns besides
+    `res_pk`/`res_type`: string {param, value, exact}; token {param, system, code, display}; date
+    {param, low, high}; reference {param, target_type, target_id, url}; quantity {param, system, code,
+    value}; number {param, value}; uri {param, value}. Duplicate rows of one parameter are dropped. A
+    resource of a type that is not supported gives no rows.
+    https://hl7.org/fhir/R4/search.html#ptypes
+    """
+    rows: dict[str, list[Row]] = {kind: [] for kind in INDEX_KINDS}
+    plan = _PLANS.get(resource.get("resourceType"))  # type: ignore[arg-type]
+    if plan is None:
+        return rows
+    for param in plan.applicable(resource):
+        items = param.evaluator(resource)
+        if items:
+            rows[param.type].extend(_ROWS[param.type](param.code, items))
+    return rows
+
+
+def patient_compartment(resource: Mapping[str, Any], local_bases: Collection[str] = ()) -> str | None:
+    """The id of the Patient whose record `resource` belongs to, or None.
+
+    A Patient belongs to itself; any other resource to the first Patient its `patient` (else
+    `subject`) search parameter references. Only relative references count, and absolute ones under
+    one of `local_bases` (this server's base URLs): an absolute reference to another server is a
+    different patient. https://hl7.org/fhir/R4/compartmentdefinition-patient.html
+    """
+    resource_type = resource.get("resourceType")
+    if resource_type == "Patient":
+        own_id = resource.get("id")
+        return own_id if type(own_id) is str and own_id else None
+    params = params_for(resource_type) if type(resource_type) is str else {}
+    for code in _COMPARTMENT_PARAMS:
+        param = params.get(code)
+        if param is None or param.type != "reference":
+            continue
+        for node, _ in param.evaluator(resource):
+            patient_id = _local_patient(node, local_bases)
+            if patient_id is not None:
+                return patient_id
+    return None
+
+
+def _local_patient(node: Any, local_bases: Collection[str]) -> str | None:
+    if type(node) is not dict or type(node.get("reference")) is not str:
+        return None
+    target = parse_reference(node["reference"])
+    if target is None or target.target_type != "Patient" or target.target_id is None:
+        return None
+    if target.url is not None and not any(
+        target.url.startswith(base.rstrip("/") + "/Patient/") for base in local_bases
+    ):
+        return None
+    return target.target_id

@@ -1,0 +1,367 @@
+"""The FHIR REST facade end to end through the ASGI app, on the test backend (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+FHIR = "application/fhir+json"
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+
+
+def patient(family: str = "Smith", nhs: str = "9912003888", **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": NHS, "value": nhs}],
+        "name": [{"family": family, "given": ["Ada"]}],
+        "gender": "female",
+        "birthDate": "1950-03-04",
+        **extra,
+    }
+
+
+def observation(patient_id: str, value: float = 70.0, when: str = "2025-01-01T10:00:00Z") -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": when,
+        "valueQuantity": {"value": value, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
+    }
+
+
+def post(client, path: str, body: Any, **headers: str):  # noqa: ANN001, ANN201
+    return client.post(f"/fhir/{path}", json=body, headers={"Content-Type": FHIR, **headers})
+
+
+def put(client, path: str, body: Any, **headers: str):  # noqa: ANN001, ANN201
+    return client.put(f"/fhir/{path}", json=body, headers={"Content-Type": FHIR, **headers})
+
+
+def outcome_codes(response) -> list[str]:  # noqa: ANN001
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    return [issue["code"] for issue in body["issue"]]
+
+
+# -- metadata, auth ------------------------------------------------------------------------------------
+
+
+def test_metadata_is_public_and_lists_search_parameters(client) -> None:  # noqa: ANN001
+    response = client.get("/fhir/metadata", headers={"Authorization": ""})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(FHIR)
+    statement = response.json()
+    assert statement["fhirVersion"] == "4.0.1"
+    patient_entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
+    names = {p["name"] for p in patient_entry["searchParam"]}
+    assert {"identifier", "family", "given", "birthdate", "gender", "general-practitioner", "_id"} <= names
+    assert statement["rest"][0]["security"]["service"]
+
+
+def test_requests_without_a_token_get_401_with_a_challenge(client) -> None:  # noqa: ANN001
+    response = client.get("/fhir/Patient", headers={"Authorization": ""})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert outcome_codes(response) == ["login"]
+    garbled = client.get("/fhir/Patient", headers={"Authorization": "Bearer not.a.jwt"})
+    assert garbled.status_code == 401
+
+
+def test_scopes_are_enforced_per_interaction_and_type(client, make_token) -> None:  # noqa: ANN001
+    reader = {"Authorization": f"Bearer {make_token('user/Patient.rs')}"}
+    created = post(client, "Patient", patient())
+    assert client.get(f"/fhir/Patient/{created.json()['id']}", headers=reader).status_code == 200
+    denied = client.post("/fhir/Patient", json=patient(), headers={**reader, "Content-Type": FHIR})
+    assert denied.status_code == 403
+    assert outcome_codes(denied) == ["forbidden"]
+    assert client.get("/fhir/Observation", headers=reader).status_code == 403
+
+
+def test_patient_scoped_token_sees_only_its_patient(client, make_token) -> None:  # noqa: ANN001
+    mine = post(client, "Patient", patient("Mine")).json()["id"]
+    other = post(client, "Patient", patient("Other", nhs="9449305552")).json()["id"]
+    post(client, "Observation", observation(mine))
+    post(client, "Observation", observation(other))
+    headers = {"Authorization": f"Bearer {make_token('patient/*.rs', patient=mine)}"}
+    assert client.get(f"/fhir/Patient/{mine}", headers=headers).status_code == 200
+    assert client.get(f"/fhir/Patient/{other}", headers=headers).status_code == 404
+    bundle = client.get("/fhir/Observation", headers=headers).json()
+    assert bundle["total"] == 1
+    assert bundle["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{mine}"
+
+
+# -- CRUD, versions, history -------------------------------------------------------------------------------
+
+
+def test_create_read_update_delete_and_history(client) -> None:  # noqa: ANN001
+    created = post(client, "Patient", patient())
+    assert created.status_code == 201
+    body = created.json()
+    pid = body["id"]
+    assert body["meta"]["versionId"] == "1"
+    assert created.headers["etag"] == 'W/"1"'
+    assert created.headers["location"].endswith(f"/fhir/Patient/{pid}/_history/1")
+
+    read = client.get(f"/fhir/Patient/{pid}")
+    assert read.status_code == 200 and read.json() == body
+    assert read.headers["etag"] == 'W/"1"' and "last-modified" in read.headers
+
+    body["name"][0]["family"] = "Jones"
+    updated = put(client, f"Patient/{pid}", body, **{"If-Match": 'W/"1"'})
+    assert updated.status_code == 200 and updated.json()["meta"]["versionId"] == "2"
+    stale = put(client, f"Patient/{pid}", body, **{"If-Match": 'W/"1"'})
+    assert stale.status_code == 412
+
+    assert client.get(f"/fhir/Patient/{pid}/_history/1").json()["name"][0]["family"] == "Smith"
+    assert client.get(f"/fhir/Patient/{pid}/_history/9").status_code == 404
+
+    assert client.delete(f"/fhir/Patient/{pid}").status_code == 200
+    gone = client.get(f"/fhir/Patient/{pid}")
+    assert gone.status_code == 410
+    assert outcome_codes(gone) == ["deleted"]
+
+    history = client.get(f"/fhir/Patient/{pid}/_history").json()
+    assert history["type"] == "history" and history["total"] == 3
+    assert [e["request"]["method"] for e in history["entry"]] == ["DELETE", "PUT", "POST"]
+    type_history = client.get("/fhir/Patient/_history?_count=2").json()
+    assert len(type_history["entry"]) == 2
+    assert any(link["relation"] == "next" for link in type_history["link"])
+
+
+def test_update_as_create_and_prefer(client) -> None:  # noqa: ANN001
+    created = put(client, "Patient/pat-1", {**patient(), "id": "pat-1"})
+    assert created.status_code == 201
+    minimal = put(client, "Patient/pat-1", {**patient(), "id": "pat-1"}, Prefer="return=minimal")
+    assert minimal.status_code == 200 and minimal.content == b""
+    assert minimal.headers["etag"] == 'W/"2"'
+    outcome = post(client, "Patient", patient(), Prefer="return=OperationOutcome")
+    assert outcome.status_code == 201 and outcome.json()["resourceType"] == "OperationOutcome"
+
+
+def test_conditional_create_and_update(client) -> None:  # noqa: ANN001
+    criteria = {"If-None-Exist": f"identifier={NHS}|9912003888"}
+    first = post(client, "Patient", patient(), **criteria)
+    second = post(client, "Patient", patient(), **criteria)
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert first.json()["id"] == second.json()["id"]
+
+    changed = patient(family="Changed")
+    updated = client.put(f"/fhir/Patient?identifier={NHS}|9912003888", json=changed,
+                         headers={"Content-Type": FHIR})
+    assert updated.status_code == 200 and updated.json()["id"] == first.json()["id"]
+    fresh = client.put(f"/fhir/Patient?identifier={NHS}|9449305552", json=patient(nhs="9449305552"),
+                       headers={"Content-Type": FHIR})
+    assert fresh.status_code == 201
+
+
+# -- errors ----------------------------------------------------------------------------------------------------
+
+
+def test_invalid_nhs_number_is_422_naming_the_field(client) -> None:  # noqa: ANN001
+    response = post(client, "Patient", patient(nhs="9912003814"))
+    assert response.status_code == 422
+    issue = response.json()["issue"][0]
+    assert issue["expression"] == ["Patient.identifier[0].value"]
+    assert "9912003814" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "expression"),
+    [
+        ({"resourceType": "Patient", "gender": 7}, 400, "Patient.gender"),
+        ({"resourceType": "Patient", "unknownThing": 1}, 400, "Patient.unknownThing"),
+        ({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}, 400, "resourceType"),
+    ],
+)
+def test_structural_errors_are_400_naming_the_field(client, body, status, expression) -> None:  # noqa: ANN001
+    response = post(client, "Patient", body)
+    assert response.status_code == status
+    expressions = [e for issue in response.json()["issue"] for e in issue.get("expression", [])]
+    assert any(e.startswith(expression) for e in expressions), expressions
+
+
+def test_bad_requests_are_operation_outcomes(client) -> None:  # noqa: ANN001
+    malformed = client.post("/fhir/Patient", content=b"{not json", headers={"Content-Type": FHIR})
+    assert malformed.status_code == 400 and outcome_codes(malformed) == ["invalid"]
+    wrong_type = client.post("/fhir/Patient", content=b"<Patient/>", headers={"Content-Type": "application/xml"})
+    assert wrong_type.status_code == 415
+    huge = client.post("/fhir/Patient", content=b"{" + b" " * (11 * 1024 * 1024) + b"}",
+                       headers={"Content-Type": FHIR})
+    assert huge.status_code == 413
+    assert client.get("/fhir/Spaceship/1").status_code == 404
+    assert client.get("/fhir/Patient/does-not-exist").status_code == 404
+    assert client.get("/fhir/Patient?_format=xml").status_code == 406
+    assert client.get("/fhir/Patient", headers={"Accept": "application/fhir+xml"}).status_code == 406
+    mismatch = put(client, "Patient/abc", {**patient(), "id": "xyz"})
+    assert mismatch.status_code == 400
+    assert client.patch("/fhir/Patient/abc", json={}).status_code == 405
+    assert client.get("/nowhere").status_code == 404
+    assert client.get("/nowhere").json()["resourceType"] == "OperationOutcome"
+
+
+# -- search ------------------------------------------------------------------------------------------------------
+
+
+def test_search_by_name_identifier_and_paging(client) -> None:  # noqa: ANN001
+    pid = post(client, "Patient", patient("Ó'Brien")).json()["id"]
+    post(client, "Patient", patient("Smith", nhs="9449305552"))
+    assert client.get("/fhir/Patient?family=o'bri").json()["total"] == 1
+    assert client.get("/fhir/Patient?family:exact=Ó'Brien").json()["total"] == 1
+    assert client.get(f"/fhir/Patient?identifier={NHS}|9912003888").json()["entry"][0]["resource"]["id"] == pid
+    for i in range(25):
+        post(client, "Observation", observation(pid, value=60 + i, when=f"2025-01-{i + 1:02d}T10:00:00Z"))
+    page = client.get(f"/fhir/Observation?patient={pid}&_count=10&_sort=-date").json()
+    assert page["total"] == 25 and len(page["entry"]) == 10
+    values = [e["resource"]["valueQuantity"]["value"] for e in page["entry"]]
+    assert values == sorted(values, reverse=True)
+    seen = [e["resource"]["id"] for e in page["entry"]]
+    next_url = next(link["url"] for link in page["link"] if link["relation"] == "next")
+    while next_url:
+        page = client.get(next_url.replace("http://testserver", "")).json()
+        seen += [e["resource"]["id"] for e in page["entry"]]
+        next_url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+    assert len(seen) == 25 == len(set(seen))
+
+
+def test_search_result_parameters(client) -> None:  # noqa: ANN001
+    pid = post(client, "Patient", patient()).json()["id"]
+    oid = post(client, "Observation", observation(pid)).json()["id"]
+    count = client.get(f"/fhir/Observation?subject=Patient/{pid}&_summary=count").json()
+    assert count["total"] == 1 and not count.get("entry")
+    included = client.get(f"/fhir/Observation?_id={oid}&_include=Observation:patient").json()
+    modes = sorted(e["search"]["mode"] for e in included["entry"])
+    assert modes == ["include", "match"]
+    rev = client.get(f"/fhir/Patient?_id={pid}&_revinclude=Observation:subject").json()
+    assert {e["resource"]["resourceType"] for e in rev["entry"]} == {"Patient", "Observation"}
+    elements = client.get(f"/fhir/Observation?_id={oid}&_elements=status").json()["entry"][0]["resource"]
+    assert "status" in elements and "valueQuantity" not in elements
+    assert any(t["code"] == "SUBSETTED" for t in elements["meta"]["tag"])
+    chained = client.get(f"/fhir/Observation?subject:Patient.identifier={NHS}|9912003888").json()
+    assert chained["total"] == 1
+    by_date = client.get(f"/fhir/Observation?patient={pid}&date=ge2025-01-01&date=lt2025-01-02").json()
+    assert by_date["total"] == 1
+    missing = client.get("/fhir/Observation?encounter:missing=true").json()
+    assert missing["total"] == 1
+
+
+def test_unknown_search_parameter_is_400_unless_lenient(client) -> None:  # noqa: ANN001
+    strict = client.get("/fhir/Patient?shoe-size=9")
+    assert strict.status_code == 400
+    assert strict.json()["issue"][0]["expression"] == ["shoe-size"]
+    lenient = client.get("/fhir/Patient?shoe-size=9", headers={"Prefer": "handling=lenient"})
+    assert lenient.status_code == 200
+    assert client.get("/fhir/Observation?date=not-a-date").status_code == 400
+
+
+def test_post_search_takes_a_form(client) -> None:  # noqa: ANN001
+    post(client, "Patient", patient())
+    response = client.post("/fhir/Patient/_search", content=b"family=smith",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200 and response.json()["total"] == 1
+
+
+def test_everything_returns_the_compartment_paged(client) -> None:  # noqa: ANN001
+    pid = post(client, "Patient", patient()).json()["id"]
+    other = post(client, "Patient", patient(nhs="9449305552")).json()["id"]
+    for i in range(5):
+        post(client, "Observation", observation(pid, value=i))
+    post(client, "Observation", observation(other))
+    bundle = client.get(f"/fhir/Patient/{pid}/$everything?_count=4").json()
+    ids = [e["resource"]["id"] for e in bundle["entry"]]
+    next_url = next(link["url"] for link in bundle["link"] if link["relation"] == "next")
+    rest = client.get(next_url.replace("http://testserver", "")).json()
+    ids += [e["resource"]["id"] for e in rest["entry"]]
+    assert len(ids) == 6 == len(set(ids))
+    only_obs = client.get(f"/fhir/Patient/{pid}/$everything?_type=Observation").json()
+    assert {e["resource"]["resourceType"] for e in only_obs["entry"]} == {"Observation"}
+
+
+# -- transaction and batch -------------------------------------------------------------------------------------------
+
+
+def test_transaction_resolves_urn_uuid_references(client) -> None:  # noqa: ANN001
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
+             "resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": observation("placeholder") | {
+                "subject": {"reference": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"}},
+             "request": {"method": "POST", "url": "Observation"}},
+        ],
+    }
+    response = post(client, "", bundle)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in result["entry"]] == ["201 Created", "201 Created"]
+    pid = result["entry"][0]["response"]["location"].split("/")[1]
+    obs = client.get(f"/fhir/Observation?patient={pid}").json()
+    assert obs["total"] == 1
+
+
+def test_transaction_is_all_or_nothing(client) -> None:  # noqa: ANN001
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": patient(family="Rollback"), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": patient(nhs="9912003814"), "request": {"method": "POST", "url": "Patient"}},
+        ],
+    }
+    response = post(client, "", bundle)
+    assert response.status_code == 422
+    assert response.json()["issue"][0]["expression"][0].startswith("Bundle.entry[1]")
+    assert client.get("/fhir/Patient?family=rollback").json()["total"] == 0
+
+
+def test_batch_reports_each_entry(client) -> None:  # noqa: ANN001
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": patient(nhs="9912003814"), "request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "GET", "url": "Patient?family=smith"}},
+        ],
+    }
+    result = post(client, "", bundle).json()
+    statuses = [e["response"]["status"] for e in result["entry"]]
+    assert statuses[0] == "201 Created" and statuses[1].startswith("422") and statuses[2].startswith("200")
+    assert result["entry"][2]["resource"]["total"] == 1
+
+
+# -- operations --------------------------------------------------------------------------------------------------------
+
+
+def test_operational_endpoints(client) -> None:  # noqa: ANN001
+    assert client.get("/healthz").json() == {"status": "ok"}
+    client.get("/fhir/Patient")
+    metrics = client.get("/metrics").text
+    assert 'route="/fhir/{type}"' in metrics
+    smart = client.get("/fhir/.well-known/smart-configuration").json()
+    assert "permission-v2" in smart["capabilities"]
+    assert client.get("/openapi.json").json()["info"]["title"].startswith("sharedcare")
+
+
+def test_request_log_carries_no_patient_identifiers(client, caplog) -> None:  # noqa: ANN001
+    import logging
+
+    logger = logging.getLogger("sharedcare.request")
+    logger.propagate = True
+    caplog.set_level(logging.INFO, logger="sharedcare.request")
+    pid = post(client, "Patient", patient()).json()["id"]
+    client.get(f"/fhir/Patient?identifier={NHS}|9912003888")
+    client.get(f"/fhir/Patient/{pid}")
+    records = [r for r in caplog.records if r.name == "sharedcare.request"]
+    assert len(records) >= 3
+    for record in records:
+        text = str(getattr(record, "fields", {})) + record.getMessage()
+        assert "9912003888" not in text and pid not in text
+    assert {getattr(r, "fields", {}).get("route") for r in records} >= {"/fhir/{type}", "/fhir/{type}/{id}"}
