@@ -1,39 +1,50 @@
 """The access gate: the one module through which every read and write of clinical data passes.
 
-Every FHIR interaction asks the gate first (`authorise`) and every resource that leaves the
-store passes `release` before it reaches a response. Today the gate applies the user's SMART
-scopes (https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html), the patient
-context of `patient/` scopes and the presence of an NHS RBAC role; consent, legitimate
-relationship and audit plug in here, so no endpoint needs to change when they do.
+Every FHIR interaction asks the gate first (`authorise`) and every resource that leaves the store
+passes `release` before it reaches a response. Today the gate applies:
 
-Reads return `Stored` rows whose JSON text is served as it is.
+- the NHS RBAC role the token carries (it must have one);
+- the user's SMART v2 scopes (https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html),
+  combined exactly: a resource is allowed when ANY scope granting the interaction on its type
+  allows it, and a scope allows it when it matches the scope's `?query` AND, for a `patient/`
+  scope, lies in the launch patient's compartment.
+
+Consent, legitimate relationship and audit plug in here, so no endpoint changes when they do.
+Scope restrictions become SQL over `resources` (the same search grammar clients use), so
+searches filter in the database and a page's `total` never counts what the user may not see.
 """
 
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Protocol
 
-import orjson
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, and_, false, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import outcomes
-from engine.auth import Principal, scopes_permit
+from engine.auth import Principal, granting_scopes
 from engine.db import repository
 from engine.db.database import Database
 from engine.db.repository import HistoryPage, Stored
 from engine.db.schema import resources
-from engine.outcomes import FhirError
-from engine.search.extract import patient_compartment
-from engine.search.params import SearchRequest
-from engine.search.query import SearchPage, search
+from engine.search.params import SearchError, SearchRequest, parse_search
+from engine.search.query import SearchPage, criteria_clause, search
 
-# SMART v2 interaction letters (https://build.fhir.org/ig/HL7/smart-app-launch/scopes-and-launch-context.html).
+# SMART v2 interaction letters.
 CREATE, READ, UPDATE, DELETE, SEARCH = "c", "r", "u", "d", "s"
 _RBAC_ROLE = re.compile(r"^R\d{4}$")
 _INTERACTION_NAMES = {CREATE: "create", READ: "read", UPDATE: "update", DELETE: "delete", SEARCH: "search"}
+
+
+class StoredRow(Protocol):
+    pk: int
+    res_type: str
+    res_id: str
 
 
 @dataclass(frozen=True)
@@ -44,24 +55,43 @@ class Decision:
 
 
 def decide_interaction(who: Principal, interaction: str, res_type: str) -> Decision:
-    """May `who` perform `interaction` on resources of `res_type` at all? (pure)"""
+    """May `who` perform `interaction` on some resources of `res_type`? (pure)"""
     if not _RBAC_ROLE.match(who.role or ""):
         return Decision(False, "no-role", "The token carries no NHS RBAC role")
-    if not scopes_permit(who.scopes, interaction, res_type):
+    if not granting_scopes(who.scopes, interaction, res_type):
         action = _INTERACTION_NAMES[interaction]
         return Decision(False, "insufficient-scope", f"The token's scopes do not allow {action} on {res_type}")
     return Decision(True)
 
 
-def patient_context(who: Principal) -> str | None:
-    """The only patient a `patient/`-scoped token may reach; None for `user/` and `system/` tokens.
+def compartment_clause(res_type: str, patient_id: str | None) -> ColumnElement[bool]:
+    """Resources of `res_type` in `patient_id`'s compartment (nothing when there is no patient)."""
+    if not patient_id:
+        return false()
+    if res_type == "Patient":
+        return resources.c.res_id == patient_id
+    return resources.c.patient_id == patient_id
 
-    A token whose resource scopes are all `patient/` scopes is held to its `patient` claim (and
-    without one it reaches nobody: an id that matches no resource).
+
+def scope_clause(who: Principal, interaction: str, res_type: str) -> ColumnElement[bool] | None:
+    """The SQL restriction `who`'s scopes put on `interaction` over `res_type`; None = unrestricted.
+
+    A scope whose query the server cannot evaluate grants nothing (fail closed).
     """
-    if who.scopes and all(scope.context == "patient" for scope in who.scopes):
-        return who.patient or "\x00no-patient-in-token"
-    return None
+    alternatives: list[ColumnElement[bool]] = []
+    for scope in granting_scopes(who.scopes, interaction, res_type):
+        parts: list[ColumnElement[bool]] = []
+        if scope.params:
+            try:
+                parts.append(criteria_clause(parse_search(res_type, list(scope.params))))
+            except SearchError:
+                continue
+        if scope.context == "patient":
+            parts.append(compartment_clause(res_type, who.patient))
+        if not parts:
+            return None
+        alternatives.append(and_(*parts))
+    return or_(*alternatives) if alternatives else false()
 
 
 class AccessGate:
@@ -70,63 +100,88 @@ class AccessGate:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    # -- decisions ----------------------------------------------------------------------------
+    # -- decisions ------------------------------------------------------------------------------
 
     def authorise(self, who: Principal, interaction: str, res_type: str) -> None:
         decision = decide_interaction(who, interaction, res_type)
         if not decision.permitted:
             raise outcomes.forbidden(decision.code, decision.reason)
 
-    def releasable(self, who: Principal, stored: Stored) -> bool:
-        """May this stored resource be shown to `who`?"""
-        context = patient_context(who)
-        if context is None:
-            return True
-        if stored.res_type == "Patient":
-            return stored.res_id == context
-        return _patient_of(stored) == context
+    async def permitted_pks(
+        self, conn: AsyncConnection, who: Principal, interaction: str, rows: Iterable[StoredRow]
+    ) -> set[int]:
+        """The pks among `rows` that `who` may see or change under `interaction` (one query per type)."""
+        by_type: dict[str, list[int]] = defaultdict(list)
+        for row in rows:
+            by_type[row.res_type].append(row.pk)
+        allowed: set[int] = set()
+        for res_type, pks in by_type.items():
+            if not decide_interaction(who, interaction, res_type).permitted:
+                continue
+            clause = scope_clause(who, interaction, res_type)
+            if clause is None:
+                allowed.update(pks)
+                continue
+            query = select(resources.c.pk).where(resources.c.pk.in_(pks), clause)
+            allowed.update((await conn.execute(query)).scalars())
+        return allowed
 
-    def search_restriction(self, who: Principal) -> ColumnElement[bool] | None:
-        """An extra WHERE clause a search must carry for `who` (the patient compartment)."""
-        context = patient_context(who)
-        if context is None:
-            return None
-        return resources.c.patient_id == context
+    async def release(
+        self, conn: AsyncConnection, who: Principal, rows: Sequence[StoredRow], interaction: str = READ
+    ) -> list[StoredRow]:
+        """`rows` that may leave the store for `who`, in their order."""
+        if not rows:
+            return []
+        allowed = await self.permitted_pks(conn, who, interaction, rows)
+        return [row for row in rows if row.pk in allowed]
 
-    def release(self, who: Principal, rows: Iterable[Stored]) -> list[Stored]:
-        return [row for row in rows if self.releasable(who, row)]
+    async def check_change(self, conn: AsyncConnection, who: Principal, interaction: str, stored: Stored) -> None:
+        """After a write inside its transaction: the written resource must lie within `who`'s scopes.
 
-    # -- reads ----------------------------------------------------------------------------------
+        Raising here rolls the write back, so a patient-scoped app cannot write into another
+        patient's record, nor a `?category=` scope outside its category.
+        """
+        if stored.pk not in await self.permitted_pks(conn, who, interaction, [stored]):
+            raise outcomes.forbidden("outside-scope",
+                                     f"The token's scopes do not allow this {stored.res_type} to be written")
+
+    # -- reads ------------------------------------------------------------------------------------
 
     async def read(self, who: Principal, res_type: str, res_id: str) -> Stored:
         self.authorise(who, READ, res_type)
         async with self.db.read() as conn:
             stored = await repository.read(conn, res_type, res_id)
-        return self._released_or_missing(who, stored, res_type, res_id)
+            return await self._released_or_missing(conn, who, stored, res_type, res_id)
 
     async def vread(self, who: Principal, res_type: str, res_id: str, version_id: int) -> Stored:
         self.authorise(who, READ, res_type)
         async with self.db.read() as conn:
             current = await repository.read(conn, res_type, res_id)
             stored = await repository.read_version(conn, res_type, res_id, version_id) if current else None
-        if current is None or stored is None:
-            raise outcomes.not_found(res_type, f"{res_id}/_history/{version_id}")
+            if current is None or stored is None:
+                raise outcomes.not_found(res_type, f"{res_id}/_history/{version_id}")
+            if not current.deleted:
+                await self._check_release(conn, who, current)
         if stored.deleted:
             raise outcomes.gone(res_type, res_id, stored.version_id)
-        self._check_release(who, current if current.content else stored)
         return stored
 
-    async def search(self, who: Principal, request: SearchRequest) -> SearchPage:
+    async def search(self, who: Principal, request: SearchRequest, conn: AsyncConnection | None = None) -> SearchPage:
+        """A search restricted in SQL to what `who` may see; included resources filtered the same way."""
         self.authorise(who, SEARCH, request.resource_type)
-        for included_type in _included_types(request):
-            self.authorise(who, SEARCH, included_type)
-        async with self.db.read() as conn:
-            page = await search(conn, request, restriction=self.search_restriction(who))
-        included = [
-            row for row in self.release(who, page.included)
-            if decide_interaction(who, READ, row.res_type).permitted
-        ]
-        return replace(page, included=included)
+        restriction = scope_clause(who, SEARCH, request.resource_type)
+        if conn is not None:
+            return await self._search(conn, who, request, restriction)
+        async with self.db.read() as own:
+            return await self._search(own, who, request, restriction)
+
+    async def _search(
+        self, conn: AsyncConnection, who: Principal, request: SearchRequest, restriction: ColumnElement[bool] | None
+    ) -> SearchPage:
+        page = await search(conn, request, restriction=restriction)
+        if page.included:
+            page = replace(page, included=await self.release(conn, who, page.included))
+        return page
 
     async def history(
         self, who: Principal, res_type: str | None, res_id: str | None, *, since: datetime | None,
@@ -140,7 +195,7 @@ class AccessGate:
                 current = await repository.read(conn, res_type, res_id)
                 if current is None:
                     raise outcomes.not_found(res_type, res_id)
-                self._check_release(who, current)
+                await self._check_release(conn, who, current, allow_deleted=True)
             page = await repository.history(
                 conn, res_type=res_type, res_id=res_id, since=since, at=at, count=count, after=after
             )
@@ -149,65 +204,53 @@ class AccessGate:
                 total = len(page.versions)
             elif after is None:
                 total = await repository.history_total(conn, res_type=res_type, res_id=res_id, since=since)
-        visible = [v for v in page.versions if v.deleted or self.releasable(who, v)]
+            allowed = await self.permitted_pks(conn, who, READ, page.versions)
+        visible = [v for v in page.versions if v.pk in allowed]
+        if len(visible) != len(page.versions):
+            total = None  # a restricted principal is not told how many versions it cannot see
         return HistoryPage(visible, page.next_cursor), total
 
     async def everything(
         self, who: Principal, patient_id: str, *, types: Sequence[str] | None, since: datetime | None,
         count: int, after_pk: int | None, snapshot_pk: int | None,
-    ) -> tuple[Stored, list[Stored], int | None, int]:
+    ) -> tuple[list[Stored], int | None, int]:
         """`Patient/[id]/$everything` (https://hl7.org/fhir/R4/patient-operation-everything.html)."""
         self.authorise(who, READ, "Patient")
-        for res_type in types or _all_types():
-            if decide_interaction(who, READ, res_type).permitted is False and types:
-                raise outcomes.forbidden("insufficient-scope", f"The token's scopes do not allow read on {res_type}")
+        for res_type in types or ():
+            self.authorise(who, READ, res_type)
         async with self.db.read() as conn:
             patient = await repository.read(conn, "Patient", patient_id)
-            patient = self._released_or_missing(who, patient, "Patient", patient_id)
+            await self._released_or_missing(conn, who, patient, "Patient", patient_id)
             snapshot = snapshot_pk if snapshot_pk is not None else await repository.max_pk(conn)
             page, next_pk = await repository.compartment_page(
                 conn, patient_id, types=types, since=since, count=count, after_pk=after_pk, snapshot_pk=snapshot
             )
-        readable = [s for s in page if decide_interaction(who, READ, s.res_type).permitted]
-        return patient, self.release(who, readable), next_pk, snapshot
+            released = await self.release(conn, who, page)
+        return released, next_pk, snapshot
 
-    # -- helpers ----------------------------------------------------------------------------------
+    # -- helpers ------------------------------------------------------------------------------------
 
-    def _released_or_missing(self, who: Principal, stored: Stored | None, res_type: str, res_id: str) -> Stored:
+    async def _released_or_missing(
+        self, conn: AsyncConnection, who: Principal, stored: Stored | None, res_type: str, res_id: str
+    ) -> Stored:
         if stored is None:
             raise outcomes.not_found(res_type, res_id)
         if stored.deleted:
             raise outcomes.gone(res_type, res_id, stored.version_id)
-        self._check_release(who, stored)
+        await self._check_release(conn, who, stored)
         return stored
 
-    def _check_release(self, who: Principal, stored: Stored) -> None:
-        if not self.releasable(who, stored):
-            # Outside a patient-scoped token's compartment the resource does not exist for it.
+    async def _check_release(
+        self, conn: AsyncConnection, who: Principal, stored: Stored, *, allow_deleted: bool = False
+    ) -> None:
+        if allow_deleted and stored.deleted:
+            return
+        if stored.pk not in await self.permitted_pks(conn, who, READ, [stored]):
+            # Outside the token's scopes the resource does not exist for it.
             raise outcomes.not_found(stored.res_type, stored.res_id)
-
-
-def _patient_of(stored: Stored) -> str | None:
-    """The compartment of a stored row, from its JSON (only needed for patient-scoped tokens)."""
-    if stored.content is None:
-        return None
-    return patient_compartment(orjson.loads(stored.content))
-
-
-def _included_types(request: SearchRequest) -> set[str]:
-    types: set[str] = set()
-    for include in getattr(request, "revinclude", ()) or ():
-        source = getattr(include, "source_type", None)
-        if source:
-            types.add(source)
-    return types
 
 
 def _all_types() -> list[str]:
     from engine.search.registry import SUPPORTED_TYPES
 
     return sorted(SUPPORTED_TYPES)
-
-
-def raise_for(error: FhirError) -> None:
-    raise error

@@ -33,10 +33,12 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
+from engine.narrative import narrative_issues
 from engine.nhs_number import NHS_NUMBER_SYSTEM, mask_nhs_number, nhs_number_is_valid
+from engine.required_bindings import binding_violations
 
 Severity = Literal["error", "warning"]
-IssueCode = Literal["structure", "required", "value", "invalid", "business-rule", "not-supported"]
+IssueCode = Literal["structure", "required", "value", "invalid", "code-invalid", "business-rule", "not-supported"]
 
 MAX_ISSUES = 50
 # Bundles may nest Bundles and resources may contain resources; past this depth the input is hostile.
@@ -104,8 +106,20 @@ def validate_resource(data: object, expected_type: str | None = None) -> Validat
     model = _model_issues(data, resource_type)
     if model:
         return _result(model, 400)
+    content = list(_content_issues(data, resource_type))
+    if content:
+        return _result(content, 400)
     uk = list(_uk_issues(data, resource_type))
     return _result(uk, 422 if any(issue.severity == "error" for issue in uk) else 200)
+
+
+def _content_issues(data: dict[str, Any], resource_type: str) -> Iterator[Issue]:
+    """Codes outside required bindings and narratives with active content (both 400)."""
+    for element, allowed in binding_violations(data):
+        yield Issue("error", "code-invalid", f"{resource_type}.{element} must be one of: {allowed}",
+                    [f"{resource_type}.{element}"])
+    for expression, problem in narrative_issues(data, resource_type):
+        yield Issue("error", "invalid", problem, [expression])
 
 
 def _result(issues: list[Issue], status: int) -> ValidationResult:

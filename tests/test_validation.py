@@ -302,3 +302,35 @@ def test_spec_examples_validate() -> None:
     assert failures == []
     # Coverage must not silently shrink: every type the corpus is known to hold was seen.
     assert seen_types >= CORPUS_TYPES - ABSENT_FROM_CORPUS
+
+
+# -- required bindings and narrative safety ------------------------------------------------------------
+
+
+def test_code_outside_a_required_binding_is_400_naming_the_element() -> None:
+    result = validate_resource({"resourceType": "Patient", "gender": "sometimes"})
+    assert result.status == 400
+    assert result.issues[0].code == "code-invalid"
+    assert result.issues[0].expression == ["Patient.gender"]
+    ok = validate_resource({"resourceType": "Observation", "status": "final", "code": {"text": "Pulse"}})
+    assert ok.status == 200
+
+
+@pytest.mark.parametrize(
+    "div",
+    [
+        '<div xmlns="http://www.w3.org/1999/xhtml"><script>alert(1)</script></div>',
+        '<div xmlns="http://www.w3.org/1999/xhtml"><img src="x" onerror="alert(1)"/></div>',
+        '<div xmlns="http://www.w3.org/1999/xhtml"><a href="javascript:alert(1)">x</a></div>',
+        "<p>not a div</p>",
+    ],
+)
+def test_narrative_with_active_content_is_refused(div: str) -> None:
+    result = validate_resource({"resourceType": "Patient", "text": {"status": "generated", "div": div}})
+    assert result.status == 400
+    assert result.issues[0].expression == ["Patient.text.div"]
+
+
+def test_plain_narrative_is_accepted() -> None:
+    div = '<div xmlns="http://www.w3.org/1999/xhtml"><p>Ada <b>Smith</b>, <a href="https://nhs.uk">NHS</a></p></div>'
+    assert validate_resource({"resourceType": "Patient", "text": {"status": "generated", "div": div}}).ok

@@ -27,7 +27,6 @@ from engine.db.repository import Stored, format_instant, utc_now
 from engine.fhir import negotiation, writes
 from engine.fhir.bundles import Entry, bundle_bytes, resource_summary, resource_with_elements
 from engine.fhir.negotiation import FHIR_JSON
-from engine.outcomes import FhirError
 from engine.search.normalise import parse_fhir_date_range
 from engine.search.params import SearchError, SearchRequest, parse_search
 from engine.search.registry import SUPPORTED_TYPES
@@ -162,7 +161,7 @@ class FhirService:
         since = _instant(req.param("_since"), "_since")
         types = _types(req.param("_type"))
         after_pk, snapshot = _decode_pk_cursor(req.param("_cursor"))
-        patient, page, next_pk, snapshot = await self.gate.everything(
+        page, next_pk, snapshot = await self.gate.everything(
             req.principal, patient_id, types=types, since=since, count=count, after_pk=after_pk, snapshot_pk=snapshot
         )
         entries = [

@@ -21,7 +21,6 @@ from engine.db import repository
 from engine.db.repository import Stored, VersionConflict
 from engine.outcomes import FhirError, OutcomeIssue
 from engine.search.params import SearchError, parse_search
-from engine.search.query import search
 from engine.search.registry import SUPPORTED_TYPES
 from engine.validation import validate_resource
 
@@ -85,7 +84,7 @@ async def find_matches(
     """Ids of up to two current resources matching conditional criteria (under the writer's lock)."""
     gate.authorise(who, SEARCH, res_type)
     request = parse_search(res_type, [*items, ("_count", "2")])
-    page = await search(conn, request, restriction=gate.search_restriction(who))
+    page = await gate.search(who, request, conn=conn)
     return [row.res_id for row in page.rows]
 
 
@@ -107,6 +106,7 @@ async def create(
             return WriteResult(existing, 200, outcome=outcomes.informational("Matched an existing resource"))
     resource = {k: v for k, v in resource.items() if k != "id"}
     stored = await repository.create(conn, resource, now=now, res_id=res_id)
+    await gate.check_change(conn, who, CREATE, stored)
     return WriteResult(stored, 201, created=True)
 
 
@@ -127,7 +127,7 @@ async def update(
     if current is None:
         gate.authorise(who, CREATE, res_type)
         await repository.lock_for(conn, "create", res_type, res_id)
-    elif not gate.releasable(who, current):
+    elif not current.deleted and current.pk not in await gate.permitted_pks(conn, who, UPDATE, [current]):
         raise outcomes.not_found(res_type, res_id)
     try:
         stored, created = await repository.update(conn, resource, now=now, res_id=res_id, if_match=if_match)
@@ -135,6 +135,7 @@ async def update(
         raise outcomes.precondition_failed(
             f"Version {exc.expected} is not the current version of {res_type}/{res_id} (it is {exc.current})"
         ) from None
+    await gate.check_change(conn, who, CREATE if created else UPDATE, stored)
     return WriteResult(stored, 201 if created else 200, created=created)
 
 
@@ -165,7 +166,9 @@ async def delete(
     """Delete; deleting a missing or already-deleted resource is not an error (204/200)."""
     gate.authorise(who, DELETE, res_type)
     current = await repository.read(conn, res_type, res_id, for_update=True)
-    if current is not None and not current.deleted and not gate.releasable(who, current):
+    if current is not None and not current.deleted and (
+        current.pk not in await gate.permitted_pks(conn, who, DELETE, [current])
+    ):
         raise outcomes.not_found(res_type, res_id)
     stored = await repository.delete_resource(conn, res_type, res_id, now=now)
     return WriteResult(stored, 204 if stored is None else 200)
