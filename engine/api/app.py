@@ -173,6 +173,7 @@ def _install_routes(app: FastAPI) -> None:  # noqa: C901 - one route table
         return Response(_state(request).capability, media_type=FHIR_JSON)
 
     @app.post(fhir, tags=["fhir"], summary="transaction or batch Bundle")
+    @app.post(f"{fhir}/", include_in_schema=False)
     async def system_bundle(request: Request) -> Response:
         return await _handle(request, lambda r: _state(request).service.bundle(r))
 

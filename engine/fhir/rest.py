@@ -59,7 +59,9 @@ class FhirResponse:
     media_type: str = FHIR_JSON
 
 
-_CONTROL_PARAMS = {"_format", "_pretty"}
+# Accepted and ignored on every request: formatting, and `_totalMethod`, a non-standard hint that
+# widely used clients (fhirpy's count()) send; `total` is always accurate here anyway.
+_CONTROL_PARAMS = {"_format", "_pretty", "_totalMethod"}
 
 
 class FhirService:
@@ -90,11 +92,11 @@ class FhirService:
         request = self._parse_search(req, res_type, items)
         page = await self.gate.search(req.principal, request)
         base = f"{req.base_url}/{res_type}"
-        links = [("self", _link(base, request.self_items, None))]
+        links = [("self", _link(base, request.items, None))]
         if page.next_cursor:
-            links.append(("next", _link(base, request.self_items, page.next_cursor)))
+            links.append(("next", _link(base, request.items, page.next_cursor)))
         if page.prev_cursor:
-            links.append(("previous", _link(base, request.self_items, page.prev_cursor)))
+            links.append(("previous", _link(base, request.items, page.prev_cursor)))
         entries = [self._search_entry(req, row, "match", request) for row in page.rows]
         entries += [self._search_entry(req, row, "include", None) for row in page.included]
         body = bundle_bytes("searchset", entries, total=page.total, links=links)

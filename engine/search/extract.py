@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from engine.search.fhirpath import Item
@@ -25,7 +26,7 @@ from engine.search.normalise import (
     parse_fhir_date_range,
     parse_reference,
 )
-from engine.search.registry import SearchParam, params_for, SUPPORTED_TYPES
+from engine.search.registry import SUPPORTED_TYPES, SearchParam, params_for
 
 INDEX_KINDS = ("string", "token", "date", "reference", "quantity", "number", "uri")
 """The index tables, named by search parameter type (engine.db.schema.INDEX_TABLES)."""
@@ -34,7 +35,9 @@ Row = dict[str, Any]
 _MAX_QUANTITY_CODE = 64  # idx_quantity.code
 _COMPARTMENT_PARAMS = ("patient", "subject")
 _DATE_TYPES = frozenset({"date", "dateTime", "instant"})
-_QUANTITY_TYPES = frozenset({"Quantity", "Age", "Count", "Distance", "Duration", "MoneyQuantity", "SimpleQuantity"})
+_QUANTITY_TYPES = frozenset(
+    {"Quantity", "Age", "Count", "Distance", "Duration", "MoneyQuantity", "SimpleQuantity"}
+)
 _CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
 
 
@@ -151,34 +154,32 @@ def _token_row(param: str, row: tuple[str, str, str | None]) -> Row | None:
 # --- dates: https://hl7.org/fhir/R4/search.html#date ---------------------------------------------
 
 
-def _date_rows(items: Iterable[Item]) -> Iterator[tuple[Any, Any]]:
+def _date_rows(items: Iterable[Item]) -> Iterator[tuple[datetime | None, datetime | None]]:
     """[low, high] for dates, dateTimes, instants, Periods and each event of a Timing."""
     for node, fhir_type in items:
         if type(node) is str:
             if fhir_type is None or fhir_type in _DATE_TYPES:
-                yield from _date_range(node)
+                found = _date_range(node)
+                if found is not None:
+                    yield found
         elif type(node) is dict:
             shape = fhir_type or ("Period" if ("start" in node or "end" in node) else "Timing")
             if shape == "Period":
-                yield from _period_range(node)
+                low, high = _date_range(node.get("start")), _date_range(node.get("end"))
+                # A Period's open ends stay open (None).
+                if low is not None or high is not None:
+                    yield (low[0] if low else None), (high[1] if high else None)
             elif shape == "Timing" and type(node.get("event")) is list:
-                for event in node["event"]:
-                    yield from _date_range(event)
+                yield from filter(None, map(_date_range, node["event"]))
 
 
-def _date_range(value: Any) -> Iterator[tuple[Any, Any]]:
+def _date_range(value: Any) -> tuple[datetime, datetime] | None:
+    if type(value) is not str:
+        return None
     try:
-        yield parse_fhir_date_range(value)
-    except (ValueError, TypeError):
-        return
-
-
-def _period_range(period: Mapping[str, Any]) -> Iterator[tuple[Any, Any]]:
-    """A Period's open ends stay None: https://hl7.org/fhir/R4/search.html#date (Period)."""
-    low = next(_date_range(period["start"]), (None, None))[0] if "start" in period else None
-    high = next(_date_range(period["end"]), (None, None))[1] if "end" in period else None
-    if low is not None or high is not None:
-        yield low, high
+        return parse_fhir_date_range(value)
+    except ValueError:
+        return None
 
 
 # --- references: https://hl7.org/fhir/R4/search.html#reference -----------------------------------
@@ -299,6 +300,9 @@ _ROWS: Mapping[str, Callable[[str, Collection[Item]], list[Row]]] = {
 }
 
 
+_PLAN_CACHE_SIZE = 256
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """The parameters of one resource type, ordered, with those to try for each top-level key."""
@@ -306,13 +310,22 @@ class _Plan:
     params: tuple[SearchParam, ...]
     always: tuple[int, ...]
     by_key: Mapping[str, tuple[int, ...]]
+    # Resources of one type from one source share their key sets: remember the choice per key tuple.
+    chosen: dict[tuple[str, ...], tuple[SearchParam, ...]] = field(default_factory=dict)
 
-    def applicable(self, resource: Mapping[str, Any]) -> list[SearchParam]:
+    def applicable(self, resource: Mapping[str, Any]) -> tuple[SearchParam, ...]:
         """The parameters that can find something in `resource`, judged by its top-level keys."""
-        chosen = set(self.always)
-        for key in resource:
-            chosen.update(self.by_key.get(key, ()))
-        return [self.params[i] for i in sorted(chosen)]
+        keys = tuple(resource)
+        found = self.chosen.get(keys)
+        if found is None:
+            indexes = set(self.always)
+            for key in keys:
+                indexes.update(self.by_key.get(key, ()))
+            found = tuple(self.params[i] for i in sorted(indexes))
+            if len(self.chosen) >= _PLAN_CACHE_SIZE:
+                self.chosen.clear()
+            self.chosen[keys] = found
+        return found
 
 
 def _plan(params: Mapping[str, SearchParam]) -> _Plan:

@@ -223,7 +223,9 @@ class _Parser:
             return Literal(value[1:-1].replace("\\'", "'"), "string")
         if kind == "number":
             self.pos += 1
-            return Literal(float(value) if "." in value else int(value), "decimal" if "." in value else "integer")
+            return Literal(
+                float(value) if "." in value else int(value), "decimal" if "." in value else "integer"
+            )
         if kind == "ident" and value in ("true", "false"):
             self.pos += 1
             return Literal(value == "true", "boolean")
@@ -310,7 +312,9 @@ class _Compiled:
     rooted: bool = False
 
 
-def _navigation(steps: tuple[Step, ...], static: _Static, rooted: bool, root_keys: frozenset[str] | None) -> _Compiled:
+def _navigation(
+    steps: tuple[Step, ...], static: _Static, rooted: bool, root_keys: frozenset[str] | None
+) -> _Compiled:
     if rooted:
         root_keys = frozenset(key for key, _ in steps[0]) if steps else None
     return _Compiled(_walker(steps), static, root_keys, steps, rooted)
@@ -384,7 +388,9 @@ class _Compiler:
             return self._union(node, static)
         if isinstance(node, TypeOp):
             operand = self.compile(node.operand, static)
-            return self._cast(operand, node.type_name) if node.op == "as" else self._is(operand, node.type_name)
+            return (
+                self._cast(operand, node.type_name) if node.op == "as" else self._is(operand, node.type_name)
+            )
         if isinstance(node, Compare):
             return self._compare(node, static)
         if isinstance(node, And):
@@ -443,7 +449,8 @@ class _Compiler:
         if call.args:
             raise UnsupportedExpression(f"{call.name}() with arguments is not supported")
         if call.name == "exists":
-            return _Compiled(_chain(base.fn, _exists), _BOOLEAN, None)
+            fn = base.fn
+            return _Compiled(lambda coll: [(bool(fn(coll)), "boolean")], _BOOLEAN, None)
         return _Compiled(_chain(base.fn, _resolve), _Static(None, None), base.root_keys)
 
     def _union(self, node: Union, static: _Static) -> _Compiled:
@@ -528,6 +535,8 @@ def _nothing(coll: Collection) -> Collection:
 
 
 def _chain(first: Evaluate, then: Evaluate) -> Evaluate:
+    """`then` after `first`, for functions that map an empty collection to an empty one."""
+
     def chained(coll: Collection) -> Collection:
         found = first(coll)
         return then(found) if found else found
@@ -537,8 +546,10 @@ def _chain(first: Evaluate, then: Evaluate) -> Evaluate:
 
 def _walker(steps: tuple[Step, ...]) -> Evaluate:
     """One closure for a run of member accesses, stopping as soon as nothing is left."""
-    fns = tuple(_navigate(*alternatives[0]) if len(alternatives) == 1 else _navigate_choice(alternatives)
-                for alternatives in steps)  # fmt: skip
+    fns = tuple(
+        _navigate(*alternatives[0]) if len(alternatives) == 1 else _navigate_choice(alternatives)
+        for alternatives in steps
+    )
     if not fns:
         return _identity
     if len(fns) == 1:
@@ -600,10 +611,6 @@ def _where(criterion: Evaluate) -> Evaluate:
         return [item for item in coll if _truth(criterion([item])) is True]
 
     return where
-
-
-def _exists(coll: Collection) -> Collection:
-    return [(bool(coll), "boolean")]
 
 
 class Resolved:

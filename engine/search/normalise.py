@@ -17,6 +17,7 @@ import calendar
 import re
 import unicodedata
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import NamedTuple
 
 MAX_STRING = 256
@@ -93,37 +94,47 @@ def parse_fhir_date_range(value: str) -> tuple[datetime, datetime]:
     d = int(day)
     if hour is None:
         return datetime(y, m, d), datetime(y, m, d, 23, 59, 59, 999999)
-    low, high = _time_range(datetime(y, m, d, int(hour), int(minute)), second, fraction)
-    if zone is None or zone == "Z":
+    low, high = _time_range(y, m, d, int(hour), int(minute), second, fraction)
+    if zone is None or zone == "Z" or zone in ("+00:00", "-00:00"):
         return low, high
-    return _shift(low, zone), _shift(high, zone)
+    offset = _offset(zone)
+    return _shift(low, offset), _shift(high, offset)
 
 
-def _time_range(start: datetime, second: str | None, fraction: str | None) -> tuple[datetime, datetime]:
+def _time_range(
+    y: int, m: int, d: int, hour: int, minute: int, second: str | None, fraction: str | None
+) -> tuple[datetime, datetime]:
     """The interval of a dateTime from its minute and the seconds and fraction digits as written."""
     if second is None:
-        return start, start.replace(second=59, microsecond=999999)
+        return datetime(y, m, d, hour, minute), datetime(y, m, d, hour, minute, 59, 999999)
     s = int(second)
     if s == 60:  # a leap second is folded into the last microsecond of its minute
-        last = start.replace(second=59, microsecond=999999)
+        last = datetime(y, m, d, hour, minute, 59, 999999)
         return last, last
     if fraction is None:
-        return start.replace(second=s), start.replace(second=s, microsecond=999999)
+        return datetime(y, m, d, hour, minute, s), datetime(y, m, d, hour, minute, s, 999999)
     digits = fraction[:6]
-    low = start.replace(second=s, microsecond=int(digits.ljust(6, "0")))
-    return low, low + timedelta(microseconds=10 ** (6 - len(digits)) - 1)
+    micro = int(digits.ljust(6, "0"))
+    high = micro + 10 ** (6 - len(digits)) - 1
+    return datetime(y, m, d, hour, minute, s, micro), datetime(y, m, d, hour, minute, s, high)
 
 
-def _shift(moment: datetime, zone: str) -> datetime:
-    """Convert a local time with offset `zone` ("+01:00") to naive UTC, clamped to datetime's range."""
-    sign = 1 if zone[0] == "+" else -1
+@lru_cache(maxsize=256)
+def _offset(zone: str) -> timedelta:
+    """The offset of "+01:00" / "-05:30" as a timedelta to subtract to reach UTC (few distinct values)."""
     hours, minutes = int(zone[1:3]), int(zone[4:6])
     if minutes > 59:
         raise ValueError(f"bad timezone offset: {zone!r}")
+    offset = timedelta(hours=hours, minutes=minutes)
+    return offset if zone[0] == "+" else -offset
+
+
+def _shift(moment: datetime, offset: timedelta) -> datetime:
+    """Local time → naive UTC, clamped to datetime's range."""
     try:
-        return moment - sign * timedelta(hours=hours, minutes=minutes)
+        return moment - offset
     except OverflowError:
-        return datetime.min if sign > 0 else datetime.max
+        return datetime.min if offset > timedelta(0) else datetime.max
 
 
 def parse_reference(reference: str) -> ReferenceTarget | None:

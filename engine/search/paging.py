@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -104,7 +105,7 @@ def _cursor_from(payload: Any, req: SearchRequest) -> Cursor:
     if not isinstance(raw_values, list) or len(raw_values) != len(kinds):
         raise ValueError("bad sort values")
     numbers = [payload["p"], payload["s"]] + ([] if payload["t"] is None else [payload["t"]])
-    if any(type(n) is not int or n < 0 for n in numbers) or type(payload["q"]) is not str:
+    if any(type(n) is not int or not 0 <= n < 2**63 for n in numbers) or type(payload["q"]) is not str:
         raise ValueError("bad cursor numbers")
     return Cursor(
         direction="next" if payload["d"] == "n" else "prev",
@@ -137,7 +138,7 @@ def sort_kinds(sort: tuple[SortKey, ...]) -> list[str]:
     return [key.kind for key in sort]
 
 
-def sort_columns(req: SearchRequest, r: FromClause = resources) -> list[SortColumn]:
+def sort_columns(resource_type: str, sort: tuple[SortKey, ...], r: FromClause = resources) -> list[SortColumn]:
     """The ORDER BY terms for `_sort` (search.html#sort), before the pk that ends every ordering.
 
     A parameter may have several values per resource; ascending sorts use the least (for dates,
@@ -145,18 +146,18 @@ def sort_columns(req: SearchRequest, r: FromClause = resources) -> list[SortColu
     subquery on the index table (`ix_<table>_res_pk`). Resources with no value sort last.
     """
     columns = []
-    for key in req.sort:
+    for key in sort:
         if key.kind == "id":
             columns.append(SortColumn(r.c.res_id, key.kind, key.descending, False))
         elif key.kind == "lastUpdated":
             columns.append(SortColumn(r.c.last_updated, key.kind, key.descending, False))
         else:
-            columns.append(SortColumn(_param_sort_value(req.resource_type, key, r), key.kind, key.descending, True))
+            columns.append(SortColumn(_param_sort_value(resource_type, key, r), key.kind, key.descending, True))
     return columns
 
 
 def _param_sort_value(resource_type: str, key: SortKey, r: FromClause) -> ColumnElement[Any]:
-    table = INDEX_TABLES[key.kind].alias()
+    table = INDEX_TABLES[key.kind]
     if key.kind == "date":
         column = table.c.high if key.descending else table.c.low
     else:
@@ -183,22 +184,31 @@ def order_by(columns: list[SortColumn], labels: list[ColumnElement[Any]], pk: Co
     return terms
 
 
-def keyset_condition(columns: list[SortColumn], cursor: Cursor, pk: ColumnElement[Any]) -> ColumnElement[bool]:
-    """Rows strictly after the cursor's boundary in the page order (before it, for a 'prev' cursor).
+def keyset_condition(
+    columns: list[SortColumn],
+    values: Sequence[Any],
+    pk_value: Any,
+    pk: ColumnElement[Any],
+    *,
+    reverse: bool,
+    inclusive: bool = False,
+) -> ColumnElement[bool]:
+    """Rows strictly after the boundary (sort `values`, `pk_value`) in page order; before it when `reverse`.
 
     The lexicographic expansion (k1 > v1) OR (k1 = v1 AND k2 > v2) OR … OR (all equal AND pk > p),
     with NULL sort values placed after every value (search.html#sort leaves this to the server).
+    A None value is a NULL boundary; other values may be literals or bound parameters. `inclusive`
+    lets the boundary row itself through (used to link back to a page whose rows were deleted).
     """
-    reverse = cursor.direction == "prev"
     terms: list[ColumnElement[bool]] = []
     equal: list[ColumnElement[bool]] = []
-    for column, value in zip(columns, cursor.values):
+    for column, value in zip(columns, values):
         terms.append(and_(*equal, _beyond(column, value, reverse)))
         equal.append(column.expr.is_(None) if value is None else column.expr == value)
     if reverse:
-        last = pk <= cursor.pk if cursor.inclusive else pk < cursor.pk
+        last = pk <= pk_value if inclusive else pk < pk_value
     else:
-        last = pk >= cursor.pk if cursor.inclusive else pk > cursor.pk
+        last = pk >= pk_value if inclusive else pk > pk_value
     terms.append(and_(*equal, last))
     return or_(*terms)
 

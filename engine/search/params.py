@@ -217,12 +217,8 @@ def parse_date(param: str, raw: str) -> DateMatch:
     try:
         prefix, text = _split_prefix(raw)
         low, high = parse_fhir_date_range(text)
-    except SearchError:
-        raise
-    except (ValueError, TypeError, OverflowError, IndexError, KeyError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. 2020-02-30, year 0, a bad offset
         raise SearchError(param, f"invalid date {raw!r}: {exc}") from exc
-    if low is None or high is None:
-        raise SearchError(param, f"invalid date {raw!r}")
     return DateMatch(prefix, low, high)
 
 
@@ -330,7 +326,8 @@ def _missing(param: str, kind: Kind, raw: str) -> Condition:
     return Condition(param, kind, missing=raw == "true")
 
 
-def _special(resource_type: str, name: str, modifier: str | None, raw: str) -> Condition:
+def _special(name: str, modifier: str | None, raw: str) -> Condition:
+    """`_id` (on resources.res_id) and `_lastUpdated` (on resources.last_updated), search.html#all."""
     if modifier is not None:
         raise _Unsupported(name, f"modifier :{modifier} is not supported on {name}")
     if name == "_id":
@@ -359,7 +356,7 @@ def _condition(resource_type: str, name: str, raw: str, *, chained: bool = False
     code, _, modifier = name.partition(":")
     modifier_or_none = modifier if _ else None
     if code in ("_id", "_lastUpdated"):
-        return _special(resource_type, code, modifier_or_none, raw)
+        return _special(code, modifier_or_none, raw)
     kind, targets = _param_type(resource_type, code)
     if kind == "reference" and modifier_or_none and _TYPE_NAME.fullmatch(modifier):
         if targets and modifier not in targets:

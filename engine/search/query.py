@@ -4,17 +4,28 @@ Each criterion becomes a subquery on one index table, `resources.pk IN (SELECT r
 WHERE res_type = :t AND param = :p AND …)`, which PostgreSQL plans as a semi-join driven by the
 composite `ix_idx_x_search_*` index (res_type, param, value…) and SQLite as a one-off ephemeral
 index; negations (`:not`, `:missing=true`) are correlated `NOT EXISTS` (an anti-join over
-`ix_idx_x_res_pk`). Every subquery is explicitly uncorrelated or correlated, because a chain puts
-the same tables at several depths.
+`ix_idx_x_res_pk`). Tables are not aliased (building aliases costs more than the query takes to run):
+every subquery states its correlation explicitly, so SQLAlchemy keeps its own FROM and SQL scoping
+resolves each name to the nearest one. Only a chain's target resources get an alias.
 
-Checked with EXPLAIN on PostgreSQL 15 with 120k resources / 360k index rows (see
-tests/search/test_query.py::test_postgres_plan_uses_composite_indexes): `Observation?patient=X`
-is a nested loop over an Index Scan on ix_idx_reference_search_0 then pk lookups on resources;
-`Patient?family=smi` an Index Scan on ix_idx_string_search_0 with a filter on the LIKE (prefix
-LIKE needs `text_pattern_ops` or a "C" collation to become an index range under other collations).
+Plans, checked with EXPLAIN ANALYZE on PostgreSQL 15 with 105k resources and 1.05M index rows
+(bench/search_sql.py; tests/search/test_query.py::test_postgres_plan_uses_composite_indexes
+checks the first two on 10k rows):
+- `Observation?patient=X`: Index Scan on ix_idx_reference_search_0 (all four columns as the index
+  condition) → nested loop of pk_resources lookups; 0.2 ms.
+- chains (`subject:Patient.identifier=s|v`): ix_idx_token_search_0 → resources → ix_idx_reference_search_0.
+- `Patient?family=smi`: ix_idx_string_search_0 with the LIKE prefix as an index range — with the
+  database's C.UTF-8 collation; under a linguistic collation the migration needs a
+  `text_pattern_ops` index (or COLLATE "C") on idx_string.value for that.
+- `:not`: Nested Loop Anti Join over ix_idx_token_res_pk. Sorting by a parameter is a correlated
+  MIN/MAX over ix_idx_<type>_res_pk per matching row, so `_sort=-date` over *every* Observation
+  costs O(matches) (0.7 s for 100k); with a selective criterion it is noise.
 
-A page costs one query for the rows (fetching count + 1 to learn whether there is a next page),
-plus one COUNT only when the first page is full, plus one query per include level when asked.
+A page costs one statement for the rows (count + 1 of them, to learn whether there is a next page;
+the first page also reads the paging snapshot as a scalar subquery), plus a COUNT only when the
+first page is full (later pages take the total from the cursor), plus one statement per include
+level when asked. An accurate total over a broad criterion is a full count (60 ms for 17k of 100k
+Observations); `_total=none` skips it.
 """
 
 from __future__ import annotations
@@ -22,14 +33,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
     FromClause,
+    Integer,
     Select,
     Text,
     and_,
+    bindparam,
     cast,
     exists,
     false,
@@ -45,7 +59,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from engine.db.schema import INDEX_TABLES, idx_reference, resources
 from engine.search.paging import (
     Cursor,
-    SortColumn,
     decode_cursor,
     encode_cursor,
     fingerprint,
@@ -54,13 +67,16 @@ from engine.search.paging import (
     sort_columns,
 )
 from engine.search.params import (
+    Chain,
     Condition,
     DateMatch,
+    IdMatch,
     Include,
     Match,
     NumberMatch,
     ReferenceMatch,
     SearchRequest,
+    SortKey,
     StringMatch,
     TokenMatch,
     UriMatch,
@@ -98,14 +114,87 @@ _ROW_COLUMNS = (
     cast(resources.c.content, Text).label("content"),
 )
 _WIDTH = len(_ROW_COLUMNS)
+# The largest pk in the store as the first page is read: the paging snapshot (engine.search.paging).
+_SNAPSHOT = select(func.max(resources.c.pk)).correlate(None).scalar_subquery().label("snapshot")
 
 
-# -- criteria --------------------------------------------------------------------------------------
+# -- statements, built once per query shape ----------------------------------------------------------
+#
+# Building a SQLAlchemy statement costs more than PostgreSQL takes to run an indexed search, so the
+# page statement is built once per *shape* of request and reused. `_skeleton` replaces every value
+# in the criteria by a `Slot` naming a bound parameter (c0m1low, …), leaving what decides the SQL
+# (parameters, kinds, prefixes, modifiers, which parts of a token or reference are given); the
+# skeleton is hashable and keys the statement cache, and the values travel as execute() parameters.
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A bound parameter standing in for one value in a criteria skeleton."""
+
+    name: str
+
+
+def _b(slot: Any) -> Any:
+    return bindparam(slot.name)
+
+
+_LIKE_ESCAPE = "/"
+
+
+def _like_pattern(value: str, *, contains: bool = False) -> str:
+    escaped = value.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return f"%{escaped}%" if contains else f"{escaped}%"
+
+
+def _skeleton(criteria: Sequence[Condition], values: dict[str, Any], prefix: str = "c") -> tuple[Condition, ...]:
+    """`criteria` with each value replaced by a Slot; the values go into `values` under the slots' names."""
+    out = []
+    for i, c in enumerate(criteria):
+        name = f"{prefix}{i}"
+        matches = tuple(_slot_match(m, f"{name}m{j}", values) for j, m in enumerate(c.matches))
+        chain = None
+        if c.chain is not None:
+            (inner,) = _skeleton([c.chain.condition], values, f"{name}x")
+            chain = Chain(c.chain.target_type, inner)
+        out.append(Condition(c.param, c.kind, matches, c.negate, c.missing, chain))
+    return tuple(out)
+
+
+def _slot_match(m: Match, name: str, values: dict[str, Any]) -> Match:
+    def slot(field_name: str, value: Any) -> Slot | None:
+        if value is None:
+            return None
+        values[name + field_name] = value
+        return Slot(name + field_name)
+
+    if isinstance(m, StringMatch):
+        value = m.value if m.mode == "exact" else _like_pattern(m.value, contains=m.mode == "contains")
+        return StringMatch(m.mode, slot("v", value))  # type: ignore[arg-type]
+    if isinstance(m, TokenMatch):
+        text = None if m.text is None else _like_pattern(m.text)
+        return TokenMatch(slot("s", m.system), slot("c", m.code), slot("t", text))  # type: ignore[arg-type]
+    if isinstance(m, DateMatch):
+        return DateMatch(m.prefix, slot("l", m.low), slot("h", m.high))  # type: ignore[arg-type]
+    if isinstance(m, NumberMatch):
+        return NumberMatch(
+            m.prefix, slot("v", m.value), slot("l", m.low), slot("h", m.high),  # type: ignore[arg-type]
+            slot("s", m.system), slot("c", m.code),  # type: ignore[arg-type]
+        )
+    if isinstance(m, ReferenceMatch):
+        return ReferenceMatch(slot("t", m.target_type), slot("i", m.target_id), slot("u", m.url))  # type: ignore[arg-type]
+    if isinstance(m, UriMatch):
+        return UriMatch(slot("v", _like_pattern(m.value) if m.below else m.value), m.below)  # type: ignore[arg-type]
+    return IdMatch(slot("v", m.value))  # type: ignore[arg-type]
+
+
+# -- criteria ----------------------------------------------------------------------------------------
 
 
 def criteria_clause(req: SearchRequest) -> ColumnElement[bool]:
     """WHERE over `resources` for the request's type and criteria (ANDed), excluding deleted resources."""
-    return _where(resources, req.resource_type, req.criteria)
+    values: dict[str, Any] = {}
+    skeleton = _skeleton(req.criteria, values)
+    return _where(resources, req.resource_type, skeleton).params(values)
 
 
 def _where(r: FromClause, resource_type: str, criteria: Iterable[Condition]) -> ColumnElement[bool]:
@@ -118,10 +207,10 @@ def _where(r: FromClause, resource_type: str, criteria: Iterable[Condition]) -> 
 
 def _condition(r: FromClause, resource_type: str, c: Condition) -> ColumnElement[bool]:
     if c.kind == "id":
-        return r.c.res_id.in_([m.value for m in c.matches])  # type: ignore[union-attr]
+        return r.c.res_id.in_([_b(m.value) for m in c.matches])  # type: ignore[union-attr]
     if c.kind == "lastUpdated":
         return or_(*(_date(m, r.c.last_updated, r.c.last_updated, nullable=False) for m in c.matches))  # type: ignore[arg-type]
-    table = INDEX_TABLES[c.kind].alias()
+    table = INDEX_TABLES[c.kind]
     scope = and_(table.c.res_type == resource_type, table.c.param == c.param)
     if c.missing is not None:
         present = exists().where(table.c.res_pk == r.c.pk, scope).correlate(r)
@@ -152,10 +241,8 @@ def _chain(r: FromClause, ref: FromClause, scope: ColumnElement[bool], c: Condit
 def _match(t: FromClause, m: Match) -> ColumnElement[bool]:
     if isinstance(m, StringMatch):
         if m.mode == "exact":
-            return t.c.exact == m.value
-        if m.mode == "contains":
-            return t.c.value.contains(m.value, autoescape=True)
-        return t.c.value.startswith(m.value, autoescape=True)
+            return t.c.exact == _b(m.value)
+        return t.c.value.like(_b(m.value), escape=_LIKE_ESCAPE)
     if isinstance(m, TokenMatch):
         return _token(t, m)
     if isinstance(m, DateMatch):
@@ -165,18 +252,18 @@ def _match(t: FromClause, m: Match) -> ColumnElement[bool]:
     if isinstance(m, ReferenceMatch):
         return _reference(t, m)
     if isinstance(m, UriMatch):
-        return t.c.value.startswith(m.value, autoescape=True) if m.below else t.c.value == m.value
+        return t.c.value.like(_b(m.value), escape=_LIKE_ESCAPE) if m.below else t.c.value == _b(m.value)
     raise TypeError(f"no index match for {m!r}")  # IdMatch is handled on resources.res_id
 
 
 def _token(t: FromClause, m: TokenMatch) -> ColumnElement[bool]:
     if m.text is not None:
-        return func.lower(t.c.display).startswith(m.text, autoescape=True)
+        return func.lower(t.c.display).like(_b(m.text), escape=_LIKE_ESCAPE)
     terms = []
     if m.code is not None:
-        terms.append(t.c.code == m.code)
+        terms.append(t.c.code == _b(m.code))
     if m.system is not None:
-        terms.append(t.c.system == m.system)
+        terms.append(t.c.system == _b(m.system))
     return and_(*terms)
 
 
@@ -187,7 +274,7 @@ def _date(m: DateMatch, low: Any, high: Any, *, nullable: bool) -> ColumnElement
     target reaches past sh; lt — it starts before sl; ge/le — gt/lt or eq; sa — it starts after
     sh; eb — it ends before sl; ap — it overlaps. A NULL end is unbounded on that side.
     """
-    sl, sh = m.low, m.high
+    sl, sh = _b(m.low), _b(m.high)
 
     def known(column: Any, test: ColumnElement[bool]) -> ColumnElement[bool]:
         return and_(column.is_not(None), test) if nullable else test
@@ -217,59 +304,77 @@ def _date(m: DateMatch, low: Any, high: Any, *, nullable: bool) -> ColumnElement
 
 def _number(t: FromClause, m: NumberMatch) -> ColumnElement[bool]:
     """search.html#number: eq/ne use the implicit precision range [low, high); ap ±10%."""
-    v = t.c.value
-    tests = {
-        "eq": and_(v >= m.low, v < m.high),
-        "ne": or_(v < m.low, v >= m.high),
-        "gt": v > m.value,
-        "sa": v > m.value,
-        "lt": v < m.value,
-        "eb": v < m.value,
-        "ge": v >= m.value,
-        "le": v <= m.value,
-        "ap": and_(v >= m.low, v <= m.high),
-    }
-    terms = [tests[m.prefix]]
+    v, value, low, high = t.c.value, _b(m.value), _b(m.low), _b(m.high)
+    if m.prefix == "eq":
+        test = and_(v >= low, v < high)
+    elif m.prefix == "ne":
+        test = or_(v < low, v >= high)
+    elif m.prefix in ("gt", "sa"):
+        test = v > value
+    elif m.prefix in ("lt", "eb"):
+        test = v < value
+    elif m.prefix == "ge":
+        test = v >= value
+    elif m.prefix == "le":
+        test = v <= value
+    else:  # ap
+        test = and_(v >= low, v <= high)
+    terms = [test]
     if m.system is not None:
-        terms.append(t.c.system == m.system)
+        terms.append(t.c.system == _b(m.system))
     if m.code is not None:
-        terms.append(t.c.code == m.code)
+        terms.append(t.c.code == _b(m.code))
     return and_(*terms)
 
 
 def _reference(t: FromClause, m: ReferenceMatch) -> ColumnElement[bool]:
     if m.target_id is None:
-        return t.c.url == m.url
-    by_id = t.c.target_id == m.target_id
+        return t.c.url == _b(m.url)
+    by_id = t.c.target_id == _b(m.target_id)
     if m.target_type is not None:
-        by_id = and_(by_id, t.c.target_type == m.target_type)
-    return or_(by_id, t.c.url == m.url) if m.url is not None else by_id
+        by_id = and_(by_id, t.c.target_type == _b(m.target_type))
+    return or_(by_id, t.c.url == _b(m.url)) if m.url is not None else by_id
 
 
 # -- the page ---------------------------------------------------------------------------------------
 
 
-async def search(conn: AsyncConnection, req: SearchRequest) -> SearchPage:
+async def search(
+    conn: AsyncConnection, req: SearchRequest, *, restriction: ColumnElement[bool] | None = None
+) -> SearchPage:
     """Run `req`: one page of matches in sort order, with total, cursors and `_include`d resources.
+
+    `restriction` is an extra WHERE over `resources` from the access gate (what the user may see);
+    it applies to the rows and the total alike, so a total never counts what is withheld. Included
+    resources are not restricted here: the gate releases them.
 
     Raises SearchError('_cursor') for a cursor that is not one of ours or belongs to another query.
     """
     cursor = decode_cursor(req.cursor, req) if req.cursor else None
-    where = criteria_clause(req)
+    values: dict[str, Any] = {}
+    skeleton = _skeleton(req.criteria, values)
     if cursor is not None:
-        where = and_(where, resources.c.pk <= cursor.snapshot)
+        values["snapshot"] = cursor.snapshot
     if req.summary == "count" or req.count == 0:
-        total = cursor.total if cursor and cursor.total is not None else await _count(conn, where)
-        return SearchPage([], total)
-    columns = sort_columns(req)
-    raw = await _page_rows(conn, req, where, columns, cursor)
+        if cursor is not None and cursor.total is not None:
+            return SearchPage([], cursor.total)
+        stmt = _restricted(_count_statement(req.resource_type, skeleton, cursor is not None), restriction)
+        return SearchPage([], (await conn.execute(stmt, values)).scalar_one())
+    shape = None
+    if cursor is not None:
+        shape = (cursor.direction, tuple(v is None for v in cursor.values), cursor.inclusive)
+        values.update((f"k{i}", v) for i, v in enumerate(cursor.values) if v is not None)
+        values["boundary"] = cursor.pk
+    values["limit"] = req.count + 1
+    stmt = _restricted(_page_statement(req.resource_type, skeleton, req.sort, shape), restriction)
+    raw = list((await conn.execute(stmt, values)).all())
     more = len(raw) > req.count
     raw = raw[: req.count]
-    reverse = cursor is not None and cursor.direction == "prev"
-    if reverse:
+    if cursor is not None and cursor.direction == "prev":
         raw.reverse()
-    snapshot = cursor.snapshot if cursor else (raw[0][-1] if raw else 0)
-    total = await _total(conn, req, where, cursor, len(raw), more, snapshot)
+    snapshot = cursor.snapshot if cursor is not None else (raw[0][-1] if raw else 0)
+    values["snapshot"] = snapshot
+    total = await _total(conn, req, skeleton, values, cursor, len(raw), more, restriction)
     page = SearchPage([ResourceRow._make(row[:_WIDTH]) for row in raw], total)
     _set_cursors(page, req, raw, cursor, more, snapshot)
     if page.rows and (req.includes or req.revincludes):
@@ -277,51 +382,72 @@ async def search(conn: AsyncConnection, req: SearchRequest) -> SearchPage:
     return page
 
 
-async def _page_rows(
-    conn: AsyncConnection,
-    req: SearchRequest,
-    where: ColumnElement[bool],
-    columns: list[SortColumn],
-    cursor: Cursor | None,
-) -> list[Sequence[Any]]:
+@lru_cache(maxsize=1024)
+def _page_statement(
+    resource_type: str,
+    skeleton: tuple[Condition, ...],
+    sort: tuple[SortKey, ...],
+    cursor_shape: tuple[str, tuple[bool, ...], bool] | None,
+) -> Select[Any]:
+    """The page query for one request shape; its parameters are the skeleton's slots plus `limit`, and
+    on later pages `snapshot`, `boundary` (the boundary pk) and `k0…` (its non-NULL sort values)."""
+    where = _where(resources, resource_type, skeleton)
+    columns = sort_columns(resource_type, sort)
     labels = [column.expr.label(f"sort_{i}") for i, column in enumerate(columns)]
     extra: list[Any] = list(labels)
-    if cursor is None:
-        newest = resources.alias()
-        extra.append(select(func.max(newest.c.pk)).correlate(None).scalar_subquery().label("snapshot"))
+    reverse = False
+    if cursor_shape is None:
+        extra.append(_SNAPSHOT)  # evaluated once (an InitPlan), in the same snapshot as the rows
     else:
-        where = and_(where, keyset_condition(columns, cursor, resources.c.pk))
-    reverse = cursor is not None and cursor.direction == "prev"
-    stmt: Select[Any] = (
+        direction, nulls, inclusive = cursor_shape
+        reverse = direction == "prev"
+        boundary = [None if null else bindparam(f"k{i}") for i, null in enumerate(nulls)]
+        where = and_(
+            where,
+            resources.c.pk <= bindparam("snapshot"),
+            keyset_condition(columns, boundary, bindparam("boundary"), resources.c.pk, reverse=reverse,
+                             inclusive=inclusive),
+        )
+    return (
         select(*_ROW_COLUMNS, *extra)
         .where(where)
         .order_by(*order_by(columns, labels, resources.c.pk, reverse=reverse))
-        .limit(req.count + 1)
+        .limit(bindparam("limit", type_=Integer))
     )
-    return list((await conn.execute(stmt)).all())
 
 
-async def _count(conn: AsyncConnection, where: ColumnElement[bool]) -> int:
-    return (await conn.execute(select(func.count()).select_from(resources).where(where))).scalar_one()
+@lru_cache(maxsize=256)
+def _count_statement(resource_type: str, skeleton: tuple[Condition, ...], bounded: bool) -> Select[Any]:
+    where = _where(resources, resource_type, skeleton)
+    if bounded:
+        where = and_(where, resources.c.pk <= bindparam("snapshot"))
+    return select(func.count()).select_from(resources).where(where)
 
 
 async def _total(
     conn: AsyncConnection,
     req: SearchRequest,
-    where: ColumnElement[bool],
+    skeleton: tuple[Condition, ...],
+    values: dict[str, Any],
     cursor: Cursor | None,
     rows: int,
     more: bool,
-    snapshot: int,
+    restriction: ColumnElement[bool] | None = None,
 ) -> int | None:
-    """Bundle.total: carried by the cursor after the first page; counted only when the first page is full."""
+    """Bundle.total: the page's length when the first page holds every match, else a COUNT under the
+    snapshot bound; later pages reuse the total the cursor carries."""
     if req.total == "none":
         return None
     if cursor is not None and cursor.total is not None:
         return cursor.total
     if cursor is None and not more:
         return rows
-    return await _count(conn, and_(where, resources.c.pk <= snapshot))
+    stmt = _restricted(_count_statement(req.resource_type, skeleton, True), restriction)
+    return (await conn.execute(stmt, values)).scalar_one()
+
+
+def _restricted(stmt: Select[Any], restriction: ColumnElement[bool] | None) -> Select[Any]:
+    return stmt if restriction is None else stmt.where(restriction)
 
 
 def _set_cursors(
@@ -379,29 +505,47 @@ async def _include_level(
     by_type: dict[str, list[ResourceRow]] = {}
     for row in sources:
         by_type.setdefault(row.res_type, []).append(row)
-    selects = [s for inc in includes for s in _forward(inc, by_type)]
-    selects += [s for inc in revincludes for s in _reverse(inc, by_type)]
-    if not selects:
+    types = tuple(sorted(by_type))
+    stmt = _include_statement(tuple(includes), tuple(revincludes), types)
+    if stmt is None:
         return []
-    wanted = selects[0] if len(selects) == 1 else union(*selects)
-    stmt = select(*_ROW_COLUMNS).where(resources.c.pk.in_(wanted), resources.c.deleted == false())
+    params: dict[str, Any] = {}
+    for i, res_type in enumerate(types):
+        params[f"pks{i}"] = [row.pk for row in by_type[res_type]]
+        params[f"ids{i}"] = [row.res_id for row in by_type[res_type]]
     found = []
-    for row in (await conn.execute(stmt.order_by(resources.c.pk))).all():
+    for row in (await conn.execute(stmt, params)).all():
         if row[0] not in seen:
             seen.add(row[0])
             found.append(ResourceRow._make(row))
     return found
 
 
-def _forward(inc: Include, by_type: dict[str, list[ResourceRow]]) -> list[Select[Any]]:
-    """pks of the resources that `inc.source_type` rows among the sources point at."""
-    sources = by_type.get(inc.source_type)
-    if not sources:
+@lru_cache(maxsize=256)
+def _include_statement(
+    includes: tuple[Include, ...], revincludes: tuple[Include, ...], types: tuple[str, ...]
+) -> Select[Any] | None:
+    """Current resources that the sources (of `types`; parameters pks<i>/ids<i>) include, by pk."""
+    selects = [s for inc in includes for s in _forward(inc, types)]
+    selects += [s for inc in revincludes for s in _reverse(inc, types)]
+    if not selects:
+        return None
+    wanted = selects[0] if len(selects) == 1 else union(*selects)
+    return (
+        select(*_ROW_COLUMNS)
+        .where(resources.c.pk.in_(wanted), resources.c.deleted == false())
+        .order_by(resources.c.pk)
+    )
+
+
+def _forward(inc: Include, types: tuple[str, ...]) -> list[Select[Any]]:
+    """pks of the resources that the `inc.source_type` sources point at through `inc.param`."""
+    if inc.source_type not in types:
         return []
-    ref, target = idx_reference.alias(), resources.alias()
+    ref, target = idx_reference, resources
     joined = ref.join(target, and_(target.c.res_type == ref.c.target_type, target.c.res_id == ref.c.target_id))
     stmt = select(target.c.pk).select_from(joined).where(
-        ref.c.res_pk.in_([row.pk for row in sources]),
+        ref.c.res_pk.in_(bindparam(f"pks{types.index(inc.source_type)}", expanding=True)),
         ref.c.res_type == inc.source_type,
         ref.c.param == inc.param if inc.param else true(),
         ref.c.target_type == inc.target_type if inc.target_type else true(),
@@ -409,18 +553,18 @@ def _forward(inc: Include, by_type: dict[str, list[ResourceRow]]) -> list[Select
     return [stmt.correlate(None)]
 
 
-def _reverse(inc: Include, by_type: dict[str, list[ResourceRow]]) -> list[Select[Any]]:
+def _reverse(inc: Include, types: tuple[str, ...]) -> list[Select[Any]]:
     """pks of `inc.source_type` resources whose `inc.param` points at one of the sources."""
     selects = []
-    for res_type, rows in by_type.items():
+    for i, res_type in enumerate(types):
         if inc.target_type and inc.target_type != res_type:
             continue
-        ref = idx_reference.alias()
+        ref = idx_reference
         stmt = select(ref.c.res_pk).where(
             ref.c.res_type == inc.source_type,
             ref.c.param == inc.param if inc.param else true(),
             ref.c.target_type == res_type,
-            ref.c.target_id.in_([row.res_id for row in rows]),
+            ref.c.target_id.in_(bindparam(f"ids{i}", expanding=True)),
         )
         selects.append(stmt.correlate(None))
     return selects

@@ -58,7 +58,9 @@ def _load() -> tuple[Mapping[str, Mapping[str, SearchParam]], Mapping[str, tuple
     return MappingProxyType(by_type), MappingProxyType(elements)
 
 
-def _param(resource_type: str, code: str, spec: Mapping[str, Any], elements: Mapping[str, tuple[str, ...]]) -> SearchParam:
+def _param(
+    resource_type: str, code: str, spec: Mapping[str, Any], elements: Mapping[str, tuple[str, ...]]
+) -> SearchParam:
     return SearchParam(
         code=code,
         resource_type=resource_type,
