@@ -203,7 +203,7 @@ class AccessGate:
             if after is None and page.next_cursor is None:
                 total = len(page.versions)
             elif after is None:
-                total = await repository.history_total(conn, res_type=res_type, res_id=res_id, since=since)
+                total = await repository.history_total(conn, res_type=res_type, res_id=res_id, since=since, at=at)
             allowed = await self.permitted_pks(conn, who, READ, page.versions)
         visible = [v for v in page.versions if v.pk in allowed]
         if len(visible) != len(page.versions):

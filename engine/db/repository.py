@@ -84,6 +84,24 @@ def stamp(resource: Mapping[str, Any], res_id: str, version_id: int, last_update
     return stamped
 
 
+def same_content(stored_json: str, resource: Mapping[str, Any]) -> bool:
+    """Whether `resource` says nothing new over the stored version (server-set meta aside).
+
+    An update that changes nothing makes no new version (as a re-sent message or a reloaded
+    fixture must not grow the history).
+    """
+    stored = orjson.loads(stored_json)
+    return _without_server_meta(stored) == _without_server_meta({**resource, "id": stored.get("id")})
+
+
+def _without_server_meta(resource: Mapping[str, Any]) -> dict[str, Any]:
+    plain = dict(resource)
+    meta = {k: v for k, v in (plain.pop("meta", None) or {}).items() if k not in {"versionId", "lastUpdated"}}
+    if meta:
+        plain["meta"] = meta
+    return plain
+
+
 _COLUMNS = (
     resources.c.pk,
     resources.c.res_type,
@@ -176,6 +194,8 @@ async def update(
         return await create(conn, resource, now=now, res_id=res_id), True
     if if_match is not None and if_match != current.version_id:
         raise VersionConflict(if_match, current.version_id)
+    if not current.deleted and current.content is not None and same_content(current.content, resource):
+        return current, False
     version_id = current.version_id + 1
     now = max(now, current.last_updated)
     document = stamp(resource, res_id, version_id, now)
@@ -284,15 +304,7 @@ async def history(
     so versions written while a client pages never shift the pages it has not fetched yet.
     """
     v = resource_versions.c
-    query = select(*_VERSION_COLUMNS)
-    if res_type:
-        query = query.where(v.res_type == res_type)
-    if res_id:
-        query = query.where(v.res_id == res_id)
-    if since:
-        query = query.where(v.last_updated >= since)
-    if at:
-        query = query.where(v.last_updated <= at)
+    query = select(*_VERSION_COLUMNS).where(*_history_filter(res_type, res_id, since, at))
     if after:
         moment, pk, version = after
         query = query.where(
@@ -310,17 +322,29 @@ async def history(
 
 
 async def history_total(
-    conn: AsyncConnection, *, res_type: str | None = None, res_id: str | None = None, since: datetime | None = None
+    conn: AsyncConnection, *, res_type: str | None = None, res_id: str | None = None,
+    since: datetime | None = None, at: datetime | None = None,
 ) -> int:
-    v = resource_versions.c
-    query = select(func.count()).select_from(resource_versions)
-    if res_type:
-        query = query.where(v.res_type == res_type)
-    if res_id:
-        query = query.where(v.res_id == res_id)
-    if since:
-        query = query.where(v.last_updated >= since)
+    query = select(func.count()).select_from(resource_versions).where(
+        *_history_filter(res_type, res_id, since, at)
+    )
     return (await conn.execute(query)).scalar_one()
+
+
+def _history_filter(
+    res_type: str | None, res_id: str | None, since: datetime | None, at: datetime | None
+) -> list[Any]:
+    v = resource_versions.c
+    clauses: list[Any] = []
+    if res_type:
+        clauses.append(v.res_type == res_type)
+    if res_id:
+        clauses.append(v.res_id == res_id)
+    if since:
+        clauses.append(v.last_updated >= since)
+    if at:
+        clauses.append(v.last_updated <= at)
+    return clauses
 
 
 # -- locks ----------------------------------------------------------------------------------------

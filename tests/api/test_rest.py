@@ -136,7 +136,9 @@ def test_create_read_update_delete_and_history(client) -> None:  # noqa: ANN001
 def test_update_as_create_and_prefer(client) -> None:  # noqa: ANN001
     created = put(client, "Patient/pat-1", {**patient(), "id": "pat-1"})
     assert created.status_code == 201
-    minimal = put(client, "Patient/pat-1", {**patient(), "id": "pat-1"}, Prefer="return=minimal")
+    unchanged = put(client, "Patient/pat-1", {**patient(), "id": "pat-1"})
+    assert unchanged.status_code == 200 and unchanged.headers["etag"] == 'W/"1"'  # nothing new, no new version
+    minimal = put(client, "Patient/pat-1", {**patient(), "id": "pat-1", "gender": "other"}, Prefer="return=minimal")
     assert minimal.status_code == 200 and minimal.content == b""
     assert minimal.headers["etag"] == 'W/"2"'
     outcome = post(client, "Patient", patient(), Prefer="return=OperationOutcome")
