@@ -27,6 +27,10 @@ PURE_MODULES = [
     "engine/auth/scopes.py",
     "engine/auth/principal.py",
     "engine/fhir/negotiation.py",
+    "adapters/hl7v2/parser.py",
+    "adapters/hl7v2/framing.py",
+    "adapters/hl7v2/ack.py",
+    "adapters/senders.py",
 ]
 
 
