@@ -53,13 +53,16 @@ class Unit:
     document: dict[str, Any]
 
 
+HL7_SUFFIXES = frozenset({".hl7", ".txt", ".er7"})  # loaded as HL7 v2 messages, not FHIR JSON
+
+
 def find_files(paths: list[Path]) -> list[Path]:
-    """Files under `paths` (directories recursively), in name order."""
+    """FHIR JSON and NDJSON files under `paths` (directories recursively), in name order."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
             found.extend(sorted(p for p in path.rglob("*") if p.suffix in {".json", ".ndjson"} and p.is_file()))
-        else:
+        elif path.suffix.lower() not in HL7_SUFFIXES:
             found.append(path)
     return found
 

@@ -30,7 +30,7 @@ from engine.fhir import negotiation
 from engine.fhir.capability import SERVER_VERSION, capability_statement
 from engine.fhir.negotiation import FHIR_JSON
 from engine.fhir.rest import FhirRequest, FhirResponse, FhirService
-from engine.observability import ObservabilityMiddleware, metrics_text
+from engine.observability import ObservabilityMiddleware, configure_logging, metrics_text
 from engine.outcomes import FhirError
 
 log = logging.getLogger("sharedcare.api")
@@ -71,6 +71,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not logging.getLogger("sharedcare").handlers:
+            configure_logging()  # uvicorn worker processes start without the CLI's logging set-up
         database = db or open_database(settings.database_url)
         app.state.sharedcare = State(settings, database)
         log.info("ready", extra={"fields": {"base_url": settings.base_url,
@@ -143,8 +145,8 @@ def _install_routes(app: FastAPI) -> None:  # noqa: C901 - one route table
         try:
             async with _state(request).db.read() as conn:
                 await conn.execute(text("SELECT 1"))
-        except Exception:  # noqa: BLE001 - a health check reports, it does not raise
-            log.warning("health check failed", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - a health check reports, it does not raise
+            log.warning("health check failed", extra={"fields": {"error": type(exc).__name__}})
             return Response(b'{"status":"unavailable"}', 503, media_type="application/json")
         return Response(b'{"status":"ok"}', media_type="application/json")
 

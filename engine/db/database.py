@@ -70,7 +70,7 @@ class Database:
         await self.engine.dispose()
 
 
-def open_database(url: str, *, pool_size: int = 10) -> Database:
+def open_database(url: str, *, pool_size: int = 5) -> Database:
     """Create the engines for `url` (plain `postgresql://` and `sqlite:///` URLs are accepted)."""
     url = normalise_database_url(url)
     dialect = make_url(url).get_backend_name()
@@ -83,7 +83,7 @@ def open_database(url: str, *, pool_size: int = 10) -> Database:
         url,
         json_serializer=_json_serializer,
         pool_size=pool_size,
-        max_overflow=pool_size * 2,
+        max_overflow=pool_size,
         pool_pre_ping=False,
     )
     return Database(engine=engine, writer=engine, dialect=dialect)

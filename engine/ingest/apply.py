@@ -1,0 +1,453 @@
+"""Applying a MappingResult to the store, inside the caller's write transaction.
+
+`prepare` does every read a message needs — identity (engine/ingest/identity.py), the stored
+versions of its resources with the event each reflects, and for an A40/A34 merge the old
+patient's record — and plans the writes without writing:
+
+- a resource whose stored event (`resource_sources.event_time`) is newer than this message's is
+  left alone (a late message never overwrites newer data; the message is still accepted and the
+  stale resource is named in the message's warnings); a stale Patient still contributes the
+  identifiers it carries;
+- a resource whose content would not change gets no new version;
+- a merge re-points every resource in the old patient's compartment to the survivor, marks the
+  old Patient `active: false` with `link.type = replaced-by`, and gives the survivor the old
+  identifiers and a `replaces` link (UK-REFERENCE §3 test 1).
+
+`provenance` builds the Provenance recording what one message did
+(https://hl7.org/fhir/R4/provenance.html); `engine.ingest.store.write_changes` then writes the
+plan. Our own mapping output is trusted, not re-validated (DESIGN.md principle 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+from sqlalchemy import Text, bindparam, cast, null, select, tuple_, union_all
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine.auth import Principal, parse_scopes
+from engine.db.ingest_schema import resource_sources
+from engine.db.repository import format_instant
+from engine.db.schema import idx_token, resources
+from engine.ingest import identity
+from engine.nhs_number import NHS_NUMBER_SYSTEM
+from engine.search.extract import patient_compartment
+from engine.search.registry import SUPPORTED_TYPES
+from mappings.ids import resource_id
+from mappings.result import (
+    APPLICATION_INTERNAL_ERROR,
+    UNKNOWN_KEY_IDENTIFIER,
+    ErrorLocation,
+    MappingError,
+    MappingResult,
+    Merge,
+    PatientKey,
+)
+
+INGEST_SCOPES, _ = parse_scopes("system/*.cruds")
+INGEST = Principal(
+    user_id="sharedcare-ingest",
+    name="sharedcare HL7 v2 ingest",
+    role="R8015",
+    org=None,
+    scopes=tuple(INGEST_SCOPES),
+    patient=None,
+    purpose_of_use=None,
+    expires_at=2**62,
+    claims=MappingProxyType({}),
+)
+"""The system principal ingest writes as (like engine/loader.py's LOADER)."""
+
+MESSAGE_ID_SYSTEM = "https://fhir.sharedcare.dev/Id/hl7-message"
+SYSTEM_PRINCIPAL_SYSTEM = "https://fhir.sharedcare.dev/Id/system-principal"
+DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
+PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+ODS_ORGANIZATION = "https://fhir.nhs.uk/Id/ods-organization-code"
+# Records of what happened stay with the record they describe when a patient is merged.
+_NOT_MOVED_BY_MERGE = frozenset({"Patient", "Provenance", "AuditEvent"})
+_SERVER_META = ("versionId", "lastUpdated")
+
+
+@dataclass(slots=True)
+class Current:
+    """A stored resource as the plan needs it: its row, content and the event it reflects."""
+
+    pk: int
+    res_type: str
+    res_id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: dict[str, Any] | None
+    event_time: datetime | None
+
+
+@dataclass(slots=True)
+class Change:
+    """One resource to write: `document` without server meta; `current` None for a create."""
+
+    document: dict[str, Any]
+    current: Current | None
+    track_source: bool = True  # record this message's event time as the resource's
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.document["resourceType"], self.document["id"]
+
+    @property
+    def version_id(self) -> int:
+        return 1 if self.current is None else self.current.version_id + 1
+
+    @property
+    def versioned_reference(self) -> str:
+        res_type, res_id = self.key
+        return f"{res_type}/{res_id}/_history/{self.version_id}"
+
+
+@dataclass
+class Plan:
+    """What applying one message will write, and what it leaves alone."""
+
+    changes: list[Change] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    # Stored, unchanged compartment resources whose recorded event this message's newer one replaces.
+    refreshed_sources: list[int] = field(default_factory=list)
+    patient_id: str | None = None
+    merged: list[tuple[str, str]] = field(default_factory=list)  # (old id, survivor id)
+    warnings: list[str] = field(default_factory=list)
+    currents: dict[tuple[str, str], Current] = field(default_factory=dict)
+
+
+# -- reads ----------------------------------------------------------------------------------------------
+
+_CURRENT_COLUMNS = (
+    resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.version_id,
+    resources.c.last_updated, resources.c.deleted, cast(resources.c.content, Text).label("content"),
+    resource_sources.c.event_time,
+)
+_CURRENT_FROM = resources.outerjoin(resource_sources, resource_sources.c.res_pk == resources.c.pk)
+
+
+def _current(row: Any) -> Current:
+    return Current(row.pk, row.res_type, row.res_id, row.version_id, row.last_updated, row.deleted,
+                   orjson.loads(row.content) if row.content else None, row.event_time)
+
+
+_READ_CURRENT = (
+    select(*_CURRENT_COLUMNS).select_from(_CURRENT_FROM)
+    .where(tuple_(resources.c.res_type, resources.c.res_id).in_(bindparam("keys", expanding=True)))
+)
+
+
+async def read_current(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Current]:
+    """The stored rows of `keys` ((type, id) pairs) with their recorded event times, in one query."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    rows = (await conn.execute(_READ_CURRENT, {"keys": wanted})).all()
+    return {(row.res_type, row.res_id): _current(row) for row in rows}
+
+
+_IDENTITY_CANDIDATES = (
+    select(*_CURRENT_COLUMNS, idx_token.c.system, idx_token.c.code)
+    .select_from(_CURRENT_FROM.join(idx_token, idx_token.c.res_pk == resources.c.pk))
+    .where(idx_token.c.res_type == "Patient", idx_token.c.param == "identifier", resources.c.deleted.is_(False),
+           idx_token.c.code.in_(bindparam("codes", expanding=True)))
+)
+_READ_STATE = union_all(
+    select(*_CURRENT_COLUMNS, null().label("system"), null().label("code")).select_from(_CURRENT_FROM)
+    .where(tuple_(resources.c.res_type, resources.c.res_id).in_(bindparam("keys", expanding=True))),
+    _IDENTITY_CANDIDATES,
+)
+
+
+async def read_state(conn: AsyncConnection, keys: Iterable[tuple[str, str]],
+                     codes: Sequence[str]) -> tuple[dict[tuple[str, str], Current], list[Any]]:
+    """In one query: the stored rows of `keys`, and the Patients with an identifier value in `codes`.
+
+    Returns the current rows by (type, id), and the candidate rows (with `system` and `code`) for
+    `identity.match_rows`.
+    """
+    rows = (await conn.execute(_READ_STATE, {"keys": sorted(set(keys)), "codes": list(codes)})).all()
+    currents = {(r.res_type, r.res_id): _current(r) for r in rows if r.system is None}
+    candidates = [r for r in rows if r.system is not None]
+    for row in candidates:  # a matched Patient replaces the mapped one: its row is here already
+        currents.setdefault((row.res_type, row.res_id), _current(row))
+    return currents, candidates
+
+
+async def read_compartment(conn: AsyncConnection, patient_id: str) -> list[Current]:
+    """Every live resource in `patient_id`'s compartment that a merge moves (not Patients nor records)."""
+    query = (
+        select(*_CURRENT_COLUMNS).select_from(_CURRENT_FROM)
+        .where(resources.c.patient_id == patient_id, resources.c.deleted.is_(False),
+               resources.c.res_type.not_in(sorted(_NOT_MOVED_BY_MERGE)))
+        .order_by(resources.c.pk)
+    )
+    return [_current(row) for row in (await conn.execute(query)).all()]
+
+
+# -- planning ---------------------------------------------------------------------------------------------
+
+
+def comparable(document: Mapping[str, Any]) -> dict[str, Any]:
+    """`document` without the server-set `meta.versionId` / `meta.lastUpdated` (an empty meta dropped)."""
+    plain = dict(document)
+    meta = plain.get("meta")
+    if isinstance(meta, dict) and any(k in meta for k in _SERVER_META):
+        rest = {k: v for k, v in meta.items() if k not in _SERVER_META}
+        if rest:
+            plain["meta"] = rest
+        else:
+            del plain["meta"]
+    return plain
+
+
+def is_stale(current: Current | None, event_time: datetime | None) -> bool:
+    """True when the stored resource reflects a later event than `event_time`."""
+    return (current is not None and event_time is not None and current.event_time is not None
+            and current.event_time > event_time)
+
+
+def plan_resources(resources_: Sequence[dict[str, Any]], currents: Mapping[tuple[str, str], Current],
+                   event_time: datetime | None, merge_types: frozenset[str], plan: Plan) -> None:
+    """Add to `plan` what writing `resources_` (one message's, in order) takes."""
+    for document in _unique(resources_):
+        key = (document["resourceType"], document["id"])
+        current = currents.get(key)
+        stored = current.content if current is not None and not current.deleted else None
+        stale = is_stale(current, event_time)
+        if stale:
+            plan.stale.append(f"{key[0]}/{key[1]}")
+            if stored is None or key[0] not in merge_types:
+                continue
+            # A late message still tells us an identifier (or merge link) of this person.
+            late = {**comparable(stored), "identifier": document.get("identifier") or []}
+            if document.get("link"):
+                late["link"] = document["link"]
+            document = identity.merge_stored(stored, late)
+        elif stored is not None and key[0] in merge_types:
+            document = identity.merge_stored(stored, document)
+        if stored is not None and comparable(stored) == comparable(document):
+            plan.unchanged.append(f"{key[0]}/{key[1]}")
+            if (not stale and event_time is not None and current is not None
+                    and current.event_time != event_time and patient_compartment(document) is not None):
+                plan.refreshed_sources.append(current.pk)
+            continue
+        plan.changes.append(Change(document, current, track_source=not stale))
+
+
+def _unique(documents: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One document per (type, id): a later one replaces an earlier one in the earlier one's place."""
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    for document in documents:
+        by_key[(document["resourceType"], document["id"])] = document
+    return list(by_key.values())
+
+
+def check_documents(documents: Iterable[Mapping[str, Any]]) -> None:
+    """Our maps' output must be storable: a supported type and an id (a map bug otherwise: 207)."""
+    for document in documents:
+        res_type, res_id = document.get("resourceType"), document.get("id")
+        if res_type not in SUPPORTED_TYPES or not isinstance(res_id, str) or not res_id:
+            raise MappingError(APPLICATION_INTERNAL_ERROR,
+                               f"The mapping produced a resource the store cannot hold ({res_type}/{res_id})")
+
+
+async def prepare(conn: AsyncConnection, result: MappingResult, *, event_time: datetime | None,
+                  extra_keys: Iterable[tuple[str, str]] = ()) -> Plan:
+    """Identity, reads and the write plan for `result` (raises MappingError for an identity conflict).
+
+    `event_time` is the message's, as naive UTC (the store's form). `extra_keys` are read too (e.g.
+    the message's Provenance when it is replayed); they end up in `plan.currents`. The common case
+    takes one query: the stored versions of the message's resources together with the Patients its
+    identifiers find.
+    """
+    documents = [dict(d) for d in result.resources]
+    check_documents(documents)
+    plan = Plan(patient_id=result.patient_id)
+    merges = [a.detail for a in result.actions if a.kind == "merge" and isinstance(a.detail, Merge)]
+    survivor_key = result.patient_key or (merges[0].survivor if merges else None)
+    wanted = {(d["resourceType"], d["id"]) for d in documents} | set(extra_keys)
+    codes = sorted({value for _, value in identity.key_identifiers(survivor_key)}) if result.patient_id else []
+    currents, candidates = await read_state(conn, wanted, codes)
+    if codes and survivor_key is not None:
+        match = await identity.match_rows(conn, survivor_key, candidates)
+        if match is not None:
+            identity.check_same_person(match, survivor_key)
+            documents = _repoint(documents, result.patient_id, match.resolved.res_id)
+            plan.patient_id = match.resolved.res_id
+    moved: list[Change] = []
+    for merge in merges:
+        survivor_id = plan.patient_id
+        if merge.survivor != survivor_key:  # a later patient group of a multi-group A40
+            survivor_id, documents = await _resolve_patient(conn, merge.survivor, documents)
+        documents, merge_changes = await _plan_merge(conn, merge, survivor_id, plan, documents)
+        moved.extend(merge_changes)
+    keys = {(d["resourceType"], d["id"]) for d in documents} | set(extra_keys)
+    missing = {key for key in keys - wanted if key not in currents}  # e.g. a merge's survivor
+    if missing:
+        currents.update(await read_current(conn, missing))
+    plan.currents = currents
+    plan_resources(documents, plan.currents, event_time, result.merge_identifiers, plan)
+    planned = {c.key for c in plan.changes}
+    plan.changes.extend(c for c in moved if c.key not in planned)
+    return plan
+
+
+def _repoint(documents: list[dict[str, Any]], mapped_id: str, stored_id: str) -> list[dict[str, Any]]:
+    """The message's resources with its mapped Patient id replaced by the stored Patient's."""
+    if mapped_id == stored_id:
+        return documents
+    old, new = f"Patient/{mapped_id}", f"Patient/{stored_id}"
+    repointed = []
+    for document in documents:
+        document = identity.rewrite_references(document, old, new)
+        if document["resourceType"] == "Patient" and document.get("id") == mapped_id:
+            document = {**document, "id": stored_id}
+        repointed.append(document)
+    return repointed
+
+
+async def _resolve_patient(conn: AsyncConnection, key: PatientKey,
+                           documents: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
+    """The stored id of a Patient document other than the subject, matched by `key` (its documents re-pointed)."""
+    pairs = set(identity.key_identifiers(key))
+    document = next((d for d in documents if d["resourceType"] == "Patient" and any(
+        (i.get("system"), i.get("value")) in pairs for i in d.get("identifier") or ())), None)
+    mapped_id = document["id"] if document is not None else None
+    match = await identity.find_patient(conn, key)
+    if match is None:
+        return mapped_id, documents
+    identity.check_same_person(match, key)
+    if mapped_id is not None:
+        documents = _repoint(documents, mapped_id, match.resolved.res_id)
+    return match.resolved.res_id, documents
+
+
+async def _plan_merge(conn: AsyncConnection, merge: Merge, survivor_id: str | None, plan: Plan,
+                      documents: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Change]]:
+    """A34/A40: the survivor document amended, and the old record's resources moved to it."""
+    if not survivor_id:
+        raise MappingError(UNKNOWN_KEY_IDENTIFIER, "The merge names no surviving patient", ErrorLocation("PID", 1, 3))
+    survivor_doc = next((d for d in documents if d["resourceType"] == "Patient" and d["id"] == survivor_id), None)
+    if survivor_doc is None:
+        stored = await identity.read_patient(conn, survivor_id)
+        if stored is None:
+            raise MappingError(UNKNOWN_KEY_IDENTIFIER, "The surviving patient of the merge is not known",
+                               ErrorLocation("PID", 1, 3))
+        survivor_doc = comparable(stored.content)
+        documents = [*documents, survivor_doc]
+    old_match = await identity.find_patient(conn, merge.old)
+    old = old_match.resolved if old_match is not None else None
+    old_identifiers = list(old.content.get("identifier") or ()) if old else _key_identifiers(merge.old)
+    amended = {**survivor_doc, "identifier": identity.adopt_identifiers(
+        list(survivor_doc.get("identifier") or ()), old_identifiers)}
+    changes: list[Change] = []
+    if old is None:
+        plan.warnings.append("merge: the patient named in MRG is not stored; the survivor takes its identifiers")
+    elif old.res_id != survivor_id:
+        amended["link"] = _with_link(amended.get("link"), old.res_id, "replaces")
+        changes = await _moved_record(conn, old, survivor_id)
+        plan.merged.append((old.res_id, survivor_id))
+    documents = [amended if d is survivor_doc else d for d in documents]
+    return documents, changes
+
+
+async def _moved_record(conn: AsyncConnection, old: identity.StoredPatient, survivor_id: str) -> list[Change]:
+    """The old record re-pointed to the survivor, and the old Patient replaced-by the survivor."""
+    old_ref, new_ref = f"Patient/{old.res_id}", f"Patient/{survivor_id}"
+    changes = []
+    for current in await read_compartment(conn, old.res_id):
+        if current.content is not None:
+            moved = identity.rewrite_references(comparable(current.content), old_ref, new_ref)
+            changes.append(Change(moved, current, track_source=False))
+    retired = comparable(old.content)
+    retired["active"] = False
+    retired["link"] = _with_link(retired.get("link"), survivor_id, "replaced-by")
+    old_current = Current(old.pk, "Patient", old.res_id, old.version_id, old.last_updated, False,
+                          old.content, None)
+    changes.append(Change(retired, old_current, track_source=False))
+    return changes
+
+
+def _with_link(links: Any, other_id: str, link_type: str) -> list[dict[str, Any]]:
+    """Patient.link with (other, type) present once (https://hl7.org/fhir/R4/patient.html#links)."""
+    links = list(links or ())
+    reference = f"Patient/{other_id}"
+    if not any((l.get("other") or {}).get("reference") == reference and l.get("type") == link_type for l in links):
+        links.append({"other": {"reference": reference}, "type": link_type})
+    return links
+
+
+def _key_identifiers(key: PatientKey) -> list[dict[str, Any]]:
+    found = [{"system": NHS_NUMBER_SYSTEM, "value": key.nhs_number}] if key.nhs_number else []
+    return found + [{"system": i.system, "value": i.value} for i in key.local]
+
+
+# -- provenance -----------------------------------------------------------------------------------------
+
+
+def provenance_id(message_id: int) -> str:
+    """The Provenance of stored message `message_id`: the same id however often it is replayed."""
+    return resource_id("Provenance", "hl7-message", str(message_id))
+
+
+def provenance(plan: Plan, *, message_id: int, sender_ods: str, sender_name: str, message_type: str,
+               control_id: str, now: datetime, sender_reference: str | None = None) -> dict[str, Any] | None:
+    """The Provenance of one message: every resource it created or changed, at the version it wrote.
+
+    `activity` is v3-DataOperation CREATE when it only created resources, else UPDATE; a merge
+    adds iso-21089-lifecycle `merge`. The agent is the sending Organization (by ODS code) as
+    author, with sharedcare-ingest as assembler; the entity is the stored message.
+    None when the message changed nothing (a Provenance needs a target).
+    """
+    targets = [c for c in plan.changes if c.key[0] != "Provenance"]
+    if not targets:
+        return None
+    created_only = all(c.current is None for c in targets)
+    operation = "CREATE" if created_only else "UPDATE"
+    codings = [{"system": DATA_OPERATION, "code": operation, "display": operation.lower()}]
+    if plan.merged:
+        codings.append({"system": LIFECYCLE, "code": "merge", "display": "Merge Record Lifecycle Event"})
+    sender: dict[str, Any] = {"identifier": {"system": ODS_ORGANIZATION, "value": sender_ods}}
+    if sender_reference:
+        sender["reference"] = sender_reference
+    if sender_name:
+        sender["display"] = sender_name
+    return {
+        "resourceType": "Provenance",
+        "id": provenance_id(message_id),
+        "target": [{"reference": c.versioned_reference} for c in targets],
+        "recorded": format_instant(now),
+        "activity": {"coding": codings},
+        "agent": [
+            {"type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "author"}]}, "who": sender},
+            {"type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "assembler"}]},
+             "who": {"identifier": {"system": SYSTEM_PRINCIPAL_SYSTEM, "value": INGEST.user_id},
+                     "display": INGEST.name}},
+        ],
+        "entity": [{
+            "role": "source",
+            "what": {"identifier": {"system": MESSAGE_ID_SYSTEM, "value": str(message_id)},
+                     "display": f"HL7 v2 {message_type} {control_id}".strip()},
+        }],
+    }
+
+
+def sender_reference(result: MappingResult, sender_ods: str) -> str | None:
+    """`Organization/<id>` of the sender if the message yielded its Organization (by ODS code)."""
+    for document in result.resources:
+        if document.get("resourceType") != "Organization":
+            continue
+        for identifier in document.get("identifier") or ():
+            if identifier.get("system") == ODS_ORGANIZATION and identifier.get("value") == sender_ods:
+                return f"Organization/{document['id']}"
+    return None

@@ -1,0 +1,420 @@
+"""What ingest writes: the message store (`hl7_messages`) and the batched resource writes.
+
+Messages: every inbound message gets a row before its ACK leaves (DESIGN.md principle 1) — a
+processed one in the same transaction as its effects, a failed one on its own. `insert_message` is
+the de-duplication point, `INSERT … ON CONFLICT (sender, control_id) DO NOTHING`, so that of two
+copies of one message racing in exactly one is stored and the other finds it.
+
+Resources: `write_changes` writes a planned message (engine/ingest/apply.py) — new resources, new
+versions, their search index and `resource_sources` — in the shape `engine.db.repository` stores
+them, batched: one statement on PostgreSQL, a few executemany statements on SQLite.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from psycopg.types.json import Jsonb
+from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import delete as sql_delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine.db.ingest_schema import hl7_messages, resource_sources
+from engine.db.repository import stamp
+from engine.db.schema import INDEX_TABLES, resource_versions, resources
+from engine.ingest.apply import Change, Current
+from engine.search.extract import extract_index, patient_compartment
+from mappings.result import ErrorLocation
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """What is written for one message (the row minus `id` and `attempts`)."""
+
+    raw: str
+    transport: str
+    received_at: datetime
+    status: str
+    ack_code: str
+    ack: str | None
+    sender: str | None = None
+    control_id: str | None = None
+    message_type: str | None = None
+    error_code: str | None = None
+    error_text: str | None = None
+    error_location: str | None = None
+    event_time: datetime | None = None
+    processed_at: datetime | None = None
+    unmapped: list[str] | None = None
+    warnings: list[str] | None = None
+    patient_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One row of `hl7_messages`."""
+
+    id: int
+    sender: str | None
+    control_id: str | None
+    message_type: str | None
+    status: str
+    ack_code: str
+    error_code: str | None
+    error_text: str | None
+    error_location: str | None
+    raw: str
+    ack: str | None
+    transport: str
+    received_at: datetime
+    event_time: datetime | None
+    processed_at: datetime | None
+    attempts: int
+    unmapped: list[str] | None = field(default=None)
+    warnings: list[str] | None = field(default=None)
+    patient_id: str | None = None
+
+
+_COLUMNS = tuple(hl7_messages.c[name] for name in StoredMessage.__dataclass_fields__)
+
+
+def _stored(row: Any) -> StoredMessage:
+    return StoredMessage(*row)
+
+
+def location_text(location: ErrorLocation | None) -> str | None:
+    """ERR-2 (ERL) as text, trailing empty parts dropped: `PID^1^3^2` (segment^sequence^field^rep^comp)."""
+    if location is None:
+        return None
+    parts = [location.segment, location.sequence, location.field, location.repetition, location.component]
+    text = "^".join("" if p is None else str(p) for p in parts).rstrip("^")
+    return text[:64] or None
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    return value[:length] if value else None
+
+
+def _row(record: MessageRecord) -> dict[str, Any]:
+    """Column values; empty keys become NULL (never de-duplicated), long ones are cut to the column."""
+    row = asdict(record)
+    row["sender"] = _clip(record.sender, 64)
+    row["control_id"] = _clip(record.control_id, 200)
+    row["message_type"] = _clip(record.message_type, 32)
+    return row
+
+
+def _insert_statement(dialect_name: str) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return (
+        dialect.insert(hl7_messages)
+        .on_conflict_do_nothing(index_elements=[hl7_messages.c.sender, hl7_messages.c.control_id])
+        .returning(hl7_messages.c.id)
+    )
+
+
+# Built once: SQLAlchemy caches the compiled form of a statement object it sees again.
+_INSERT = {name: _insert_statement(name) for name in ("postgresql", "sqlite")}
+_UPDATE_COLUMNS = ("message_type", "status", "ack_code", "ack", "error_code", "error_text", "error_location",
+                   "event_time", "processed_at", "unmapped", "warnings", "patient_id")
+_UPDATE = (
+    update(hl7_messages).where(hl7_messages.c.id == bindparam("b_id"))
+    .values(attempts=hl7_messages.c.attempts + 1, **{c: bindparam(f"b_{c}") for c in _UPDATE_COLUMNS})
+)
+
+
+async def insert_message(conn: AsyncConnection, record: MessageRecord) -> int | None:
+    """Store a new message; its id, or None when (sender, control_id) is already stored."""
+    statement = _INSERT["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    return (await conn.execute(statement, {**_row(record), "attempts": 1})).scalar_one_or_none()
+
+
+async def update_message(conn: AsyncConnection, message_id: int, record: MessageRecord) -> None:
+    """Record another attempt at a stored message (replay): its new status, ACK and details.
+
+    The raw text, transport, receipt time and de-duplication key are those of the original.
+    """
+    row = _row(record)
+    await conn.execute(_UPDATE, {"b_id": message_id, **{f"b_{c}": row[c] for c in _UPDATE_COLUMNS}})
+
+
+async def get_message(conn: AsyncConnection, message_id: int) -> StoredMessage | None:
+    row = (await conn.execute(select(*_COLUMNS).where(hl7_messages.c.id == message_id))).first()
+    return _stored(row) if row else None
+
+
+async def find_message(conn: AsyncConnection, sender: str, control_id: str) -> StoredMessage | None:
+    """The stored message with this de-duplication key (MSH-4, MSH-10), if any."""
+    query = select(*_COLUMNS).where(hl7_messages.c.sender == sender, hl7_messages.c.control_id == control_id)
+    row = (await conn.execute(query)).first()
+    return _stored(row) if row else None
+
+
+async def select_message_ids(
+    conn: AsyncConnection, *, ids: Sequence[int] = (), since: datetime | None = None,
+    until: datetime | None = None, error_code: str | None = None, statuses: Sequence[str] = (),
+    limit: int | None = None,
+) -> list[int]:
+    """Ids of stored messages matching every criterion given, oldest first (the order to replay them in).
+
+    `since` is inclusive and `until` exclusive, both on `received_at` (naive UTC).
+    """
+    m = hl7_messages.c
+    query = select(m.id)
+    if ids:
+        query = query.where(m.id.in_(list(ids)))
+    if since is not None:
+        query = query.where(m.received_at >= since)
+    if until is not None:
+        query = query.where(m.received_at < until)
+    if error_code:
+        query = query.where(m.error_code == error_code)
+    if statuses:
+        query = query.where(m.status.in_(list(statuses)))
+    query = query.order_by(m.received_at, m.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list((await conn.execute(query)).scalars())
+
+
+# -- resources ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A version `write_changes` wrote."""
+
+    pk: int
+    res_type: str
+    res_id: str
+    version_id: int
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SourceUpdate:
+    """Which resources now reflect `message_id`'s event (`resource_sources`, for staleness)."""
+
+    message_id: int
+    event_time: datetime | None
+    keys: frozenset[tuple[str, str]]  # (type, id) of changed resources whose event this message sets
+    refreshed: tuple[int, ...] = ()  # pks of unchanged resources whose recorded event moves forward
+
+
+class ConcurrentChange(Exception):
+    """Another transaction changed a resource this one planned to update: retry the message."""
+
+
+@dataclass(slots=True)
+class _Version:
+    """One version to write: the stamped document and where it goes."""
+
+    document: dict[str, Any]
+    version_id: int
+    moment: datetime
+    current: Current | None  # None: a new resource
+
+    @property
+    def res_type(self) -> str:
+        return self.document["resourceType"]
+
+    @property
+    def res_id(self) -> str:
+        return self.document["id"]
+
+
+def _versions(changes: Sequence[Change], now: datetime) -> list[_Version]:
+    """Each change stamped with its new `meta.versionId` / `meta.lastUpdated` (repository.stamp)."""
+    versions = []
+    for change in changes:
+        current = change.current
+        version_id = 1 if current is None else current.version_id + 1
+        moment = now if current is None else max(now, current.last_updated)
+        versions.append(_Version(stamp(change.document, change.document["id"], version_id, moment),
+                                 version_id, moment, current))
+    return versions
+
+
+async def write_changes(conn: AsyncConnection, changes: Sequence[Change], now: datetime,
+                        sources: SourceUpdate | None = None) -> list[Written]:
+    """Write `changes` as new versions with their search index (and `sources`), batched.
+
+    The stored shape is the repository's (engine.db.repository.create/update): `meta.versionId`
+    and `meta.lastUpdated` stamped, every version kept in `resource_versions`, index rows
+    replaced. On PostgreSQL it is one statement (`_PG_WRITE`); elsewhere a few executemany
+    statements. Raises `ConcurrentChange` when a resource is no longer at the version planned.
+    """
+    if not changes:
+        if sources is not None:
+            await record_sources(conn, sources.refreshed, sources.event_time, sources.message_id)
+        return []
+    versions = _versions(changes, now)
+    if conn.dialect.name == "postgresql":
+        return await _write_postgresql(conn, versions, sources)
+    written = await _write_generic(conn, versions)
+    if sources is not None:
+        pks = [w.pk for w in written if (w.res_type, w.res_id) in sources.keys] + list(sources.refreshed)
+        await record_sources(conn, pks, sources.event_time, sources.message_id)
+    return written
+
+
+_UPDATE_RESOURCE = (
+    update(resources)
+    .where(resources.c.pk == bindparam("b_pk"), resources.c.version_id == bindparam("b_previous"))
+    .values(version_id=bindparam("b_version"), last_updated=bindparam("b_updated"), deleted=False,
+            patient_id=bindparam("b_patient"), content=bindparam("b_content"))
+)
+_INSERT_RESOURCE = insert(resources).returning(resources.c.pk, sort_by_parameter_order=True)
+
+
+async def _write_generic(conn: AsyncConnection, versions: list[_Version]) -> list[Written]:
+    creates = [v for v in versions if v.current is None]
+    updates = [v for v in versions if v.current is not None]
+    pks: dict[tuple[str, str], int] = {}
+    if creates:
+        rows = [{"res_type": v.res_type, "res_id": v.res_id, "version_id": 1, "last_updated": v.moment,
+                 "deleted": False, "patient_id": patient_compartment(v.document), "content": v.document}
+                for v in creates]
+        new_pks = (await conn.execute(_INSERT_RESOURCE, rows)).scalars().all()
+        pks.update(((v.res_type, v.res_id), pk) for v, pk in zip(creates, new_pks))
+    if updates:
+        params = [{"b_pk": v.current.pk, "b_previous": v.current.version_id, "b_version": v.version_id,
+                   "b_updated": v.moment, "b_patient": patient_compartment(v.document), "b_content": v.document}
+                  for v in updates if v.current is not None]
+        outcome = await conn.execute(_UPDATE_RESOURCE, params)
+        if outcome.rowcount not in (-1, None) and outcome.rowcount != len(params):
+            raise ConcurrentChange("a resource changed while this message was applied")
+        pks.update(((v.res_type, v.res_id), v.current.pk) for v in updates if v.current is not None)
+        for table in INDEX_TABLES.values():
+            await conn.execute(sql_delete(table).where(table.c.res_pk.in_([p["b_pk"] for p in params])))
+    await conn.execute(insert(resource_versions), [
+        {"res_pk": pks[(v.res_type, v.res_id)], "version_id": v.version_id, "res_type": v.res_type,
+         "res_id": v.res_id, "last_updated": v.moment, "deleted": False,
+         "method": "POST" if v.current is None else "PUT", "content": v.document} for v in versions])
+    for kind, rows in _index_rows(versions).items():
+        if rows:
+            for row in rows:
+                row["res_pk"] = pks[(row["res_type"], row.pop("res_id"))]
+            await conn.execute(insert(INDEX_TABLES[kind]), rows)
+    return [Written(pks[(v.res_type, v.res_id)], v.res_type, v.res_id, v.version_id, v.current is None)
+            for v in versions]
+
+
+def _index_rows(versions: Iterable[_Version]) -> dict[str, list[dict[str, Any]]]:
+    """Search-index rows of every version by table kind, keyed by (res_type, res_id) (pks come later)."""
+    rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for version in versions:
+        res_type, res_id = version.res_type, version.res_id
+        for kind, kind_rows in extract_index(version.document).items():
+            rows[kind].extend({**row, "res_type": res_type, "res_id": res_id} for row in kind_rows)
+    return rows
+
+
+# The statement stays under psycopg's 4 KB limit for caching a query's parsed form.
+_PG_RESOURCES = """n AS (INSERT INTO resources (res_type, res_id, version_id, last_updated, deleted, patient_id, content)
+ SELECT res_type, res_id, 1, last_updated, false, patient_id, content FROM jsonb_to_recordset(:creates)
+ AS x(res_type text, res_id text, last_updated timestamp, patient_id text, content jsonb)
+ RETURNING pk, res_type, res_id, version_id, last_updated, content),
+u AS (UPDATE resources AS r SET version_id = x.version_id, last_updated = x.last_updated, deleted = false,
+ patient_id = x.patient_id, content = x.content FROM jsonb_to_recordset(:updates)
+ AS x(pk bigint, previous int, version_id int, last_updated timestamp, patient_id text, content jsonb)
+ WHERE r.pk = x.pk AND r.version_id = x.previous
+ RETURNING r.pk, r.res_type, r.res_id, r.version_id, r.last_updated, r.content),
+a AS (SELECT *, 'POST' AS method FROM n UNION ALL SELECT *, 'PUT' FROM u),
+versions AS (INSERT INTO resource_versions (res_pk, version_id, res_type, res_id, last_updated, deleted, method, content)
+ SELECT pk, version_id, res_type, res_id, last_updated, false, method, content FROM a),
+sources AS (INSERT INTO resource_sources (res_pk, event_time, message_id)
+ SELECT pk, CAST(:event_time AS timestamp), CAST(:message_id AS bigint) FROM (SELECT pk FROM a
+ WHERE res_type || '/' || res_id = ANY(CAST(:tracked AS text[])) UNION ALL SELECT unnest(CAST(:refreshed AS bigint[])))
+ AS s(pk) ON CONFLICT (res_pk) DO UPDATE
+ SET event_time = COALESCE(EXCLUDED.event_time, resource_sources.event_time), message_id = EXCLUDED.message_id)"""
+_PG_TYPES = {"String": "text", "Float": "float8", "DateTime": "timestamp"}
+
+
+def _pg_write_sql() -> str:
+    """One PostgreSQL statement for a whole batch: data-modifying CTEs fed by JSON recordsets.
+
+    New resources are inserted (`n`) and updated ones updated (`u`, only if still at the planned
+    version); both (`a`) get their versions appended and `resource_sources` recorded; the updated
+    ones' index rows are deleted and every new index row inserted, joined on (res_type, res_id)
+    to the pks `a` returns. Returns the number updated and the (type, id, pk) of those created. Sibling CTEs share one snapshot, so the deletes never see the rows the
+    inserts add (https://www.postgresql.org/docs/15/queries-with.html).
+    """
+    parts = [_PG_RESOURCES]
+    for kind, table in INDEX_TABLES.items():
+        cols = [c for c in table.columns if c.name not in ("id", "res_pk")]
+        names = ", ".join(c.name for c in cols)
+        record = ", ".join(f"{c.name} {_PG_TYPES[type(c.type).__name__]}" for c in cols)
+        parts.append(f"d_{kind} AS (DELETE FROM {table.name} WHERE res_pk IN (SELECT pk FROM u))")
+        parts.append(f"i_{kind} AS (INSERT INTO {table.name} (res_pk, {names}) SELECT pk, {names}"
+                     f" FROM jsonb_to_recordset(:idx_{kind}) AS x({record}, res_id text)"
+                     f" JOIN a USING (res_type, res_id))")
+    return ("WITH " + ",\n".join(parts) + "\nSELECT (SELECT count(*) FROM u),"
+            " (SELECT jsonb_agg(jsonb_build_array(res_type, res_id, pk)) FROM n)")
+
+
+_PG_WRITE = text(_pg_write_sql())
+
+
+async def _write_postgresql(conn: AsyncConnection, versions: list[_Version],
+                            sources: SourceUpdate | None) -> list[Written]:
+    creates = [{"res_type": v.res_type, "res_id": v.res_id, "last_updated": v.moment,
+                "patient_id": patient_compartment(v.document), "content": v.document}
+               for v in versions if v.current is None]
+    updates = [{"pk": v.current.pk, "previous": v.current.version_id, "version_id": v.version_id,
+                "last_updated": v.moment, "patient_id": patient_compartment(v.document), "content": v.document}
+               for v in versions if v.current is not None]
+    params: dict[str, Any] = {
+        "creates": _json(creates), "updates": _json(updates),
+        "tracked": [f"{t}/{i}" for t, i in sources.keys] if sources else [],
+        "refreshed": list(sources.refreshed) if sources else [],
+        "event_time": sources.event_time if sources else None,
+        "message_id": sources.message_id if sources else None,
+    }
+    index = _index_rows(versions)
+    params.update((f"idx_{kind}", _json(index.get(kind, []))) for kind in INDEX_TABLES)
+    updated, created = (await conn.execute(_PG_WRITE, params)).one()
+    if updated != len(updates):
+        raise ConcurrentChange("a resource changed while this message was applied")
+    pks = {(t, i): pk for t, i, pk in created or ()}
+    pks.update(((u_type, u_id), pk) for (u_type, u_id), pk in
+               (((v.res_type, v.res_id), v.current.pk) for v in versions if v.current is not None))
+    return [Written(pks[(v.res_type, v.res_id)], v.res_type, v.res_id, v.version_id, v.current is None)
+            for v in versions]
+
+
+def _json(rows: list[dict[str, Any]]) -> Jsonb:
+    """A jsonb parameter, serialised by orjson (datetimes as ISO 8601, read back as `timestamp`)."""
+    return Jsonb(rows, dumps=_orjson_text)
+
+
+def _orjson_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _sources_statement(dialect_name: str) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    statement = dialect.insert(resource_sources)
+    # A message without an event time keeps the event time already recorded.
+    return statement.on_conflict_do_update(
+        index_elements=[resource_sources.c.res_pk],
+        set_={"event_time": func.coalesce(statement.excluded.event_time, resource_sources.c.event_time),
+              "message_id": statement.excluded.message_id},
+    )
+
+
+_RECORD_SOURCES = {name: _sources_statement(name) for name in ("postgresql", "sqlite")}
+
+
+async def record_sources(conn: AsyncConnection, pks: Iterable[int], event_time: datetime | None,
+                         message_id: int) -> None:
+    """Remember that `pks` now reflect `message_id`'s event (upsert into resource_sources)."""
+    rows = [{"res_pk": pk, "event_time": event_time, "message_id": message_id} for pk in dict.fromkeys(pks)]
+    if rows:
+        await conn.execute(_RECORD_SOURCES["postgresql" if conn.dialect.name == "postgresql" else "sqlite"], rows)

@@ -1,0 +1,290 @@
+"""ingest_message end to end on the test store: store before ACK, de-duplication, errors, ACK after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from adapters.hl7v2.parser import parse_message
+from engine.db.database import open_database
+from engine.ingest import apply, store
+from engine.ingest.pipeline import IngestContext, IngestUnavailable
+from mappings.ids import resource_id
+
+from .conftest import SENDERS, Clock
+from .helpers import all_of, counts, ingest, messages, stored, version_count
+from .messages import NHS_A, adt
+
+PATIENT_A = resource_id("Patient", "nhs", NHS_A)
+
+
+def test_a01_is_stored_applied_and_acknowledged(ctx, run) -> None:
+    text = adt("A01", "RR8-1")
+    outcome = run(ingest(ctx, text))
+    assert (outcome.code, outcome.status, outcome.duplicate) == ("AA", "processed", False)
+    ack = parse_message(outcome.ack)
+    assert ack.first("MSA").value(1) == "AA" and ack.first("MSA").value(2) == "RR8-1"
+    assert ack.sending_facility == "SC" and ack.receiving_facility == "RR8"
+    found = run(counts(ctx.db))
+    assert found["Patient"] == 1 and found["Encounter"] == 1 and found["Provenance"] == 1
+    [row] = run(messages(ctx.db))
+    assert (row.sender, row.control_id, row.message_type, row.status, row.ack_code) == (
+        "RR8", "RR8-1", "ADT^A01", "processed", "AA")
+    assert row.raw == text and row.ack == outcome.ack and row.transport == "mllp"
+    assert row.patient_id == PATIENT_A and row.attempts == 1 and row.event_time is not None
+
+
+def test_the_same_message_twice_gets_the_same_ack_and_changes_nothing(ctx, run) -> None:
+    first = run(ingest(ctx, adt("A01", "RR8-2")))
+    versions = run(version_count(ctx.db))
+    again = run(ingest(ctx, adt("A01", "RR8-2")))
+    assert again.ack == first.ack and again.duplicate and again.message_id == first.message_id
+    assert run(version_count(ctx.db)) == versions
+    assert len(run(messages(ctx.db))) == 1
+    assert run(stored(ctx.db, "Patient", PATIENT_A))["meta"]["versionId"] == "1"
+
+
+def test_racing_copies_of_one_message_are_stored_once(ctx, run) -> None:
+    async def race():
+        return await asyncio.gather(*(ingest(ctx, adt("A01", "RR8-3")) for _ in range(4)))
+
+    outcomes = run(race())
+    assert len({o.ack for o in outcomes}) == 1 and sum(not o.duplicate for o in outcomes) == 1
+    assert len(run(messages(ctx.db))) == 1
+    assert run(counts(ctx.db))["Patient"] == 1
+    assert run(stored(ctx.db, "Patient", PATIENT_A))["meta"]["versionId"] == "1"
+
+
+def test_bytes_are_decoded_from_the_declared_charset(ctx, run) -> None:
+    text = adt("A01", "RR8-4", family="BRONTË")
+    outcome = run(ingest(ctx, text.encode("utf-8")))
+    assert outcome.code == "AA"
+    assert run(stored(ctx.db, "Patient", PATIENT_A))["name"][0]["family"] == "BRONTË"
+
+
+def test_no_ack_when_the_sender_asks_for_none(ctx, run) -> None:
+    outcome = run(ingest(ctx, adt("A01", "RR8-5", accept="NE", application="NE")))
+    assert outcome.ack is None and outcome.code == "AA"
+    [row] = run(messages(ctx.db))
+    assert row.ack is None and row.status == "processed"
+
+
+def test_enhanced_mode_commit_ack(ctx, run) -> None:
+    outcome = run(ingest(ctx, adt("A01", "RR8-6", accept="AL", application="NE")))
+    assert parse_message(outcome.ack).first("MSA").value(1) == "CA"
+
+
+# -- failures are stored too (the error queue) ----------------------------------------------------
+
+
+def test_unknown_sender_is_stored_rejected_and_never_mapped(ctx, run) -> None:
+    outcome = run(ingest(ctx, adt("A01", "X-1", sender="RXX")))
+    assert (outcome.code, outcome.status, outcome.error_code) == ("AR", "rejected", "204")
+    err = parse_message(outcome.ack).first("ERR")
+    assert err.value(2, 1) == "MSH" and err.value(2, 3) == "4" and err.value(3, 1) == "204"
+    assert run(counts(ctx.db)) == {}
+    [row] = run(messages(ctx.db))
+    assert (row.sender, row.status, row.error_code, row.error_location) == ("RXX", "rejected", "204", "MSH^1^4")
+
+
+def test_unknown_senders_accepted_when_configured(ctx, run) -> None:
+    ctx.accept_unknown_senders = True
+    outcome = run(ingest(ctx, adt("A01", "X-2", sender="RXX")))
+    assert outcome.code == "AA"
+    assert run(counts(ctx.db))["Patient"] == 1
+
+
+def test_unparseable_text_is_stored_and_rejected(ctx, run) -> None:
+    text = "EVN|A01|20240101\rPID|1||123"
+    outcome = run(ingest(ctx, text))
+    assert (outcome.code, outcome.status, outcome.error_code) == ("AR", "rejected", "100")
+    assert parse_message(outcome.ack).first("MSA").value(1) == "AR"
+    [row] = run(messages(ctx.db))
+    assert row.raw == text and row.control_id is None and row.status == "rejected"
+
+
+def test_mapping_error_is_stored_with_its_location_and_answered_ae(ctx, run) -> None:
+    outcome = run(ingest(ctx, adt("A01", "RR8-7", nhs="9912003814")))  # fails the check digit
+    assert (outcome.code, outcome.status) == ("AE", "error")
+    err = parse_message(outcome.ack).first("ERR")
+    assert err.value(2, 1) == "PID" and err.value(3, 1) == outcome.error_code
+    [row] = run(messages(ctx.db))
+    assert row.status == "error" and row.error_code == outcome.error_code and row.error_location.startswith("PID")
+    assert "9912003814" not in (row.error_text or "")  # masked in the reason
+    assert run(counts(ctx.db)) == {}
+
+
+def test_unsupported_event_is_rejected(ctx, run) -> None:
+    outcome = run(ingest(ctx, adt("A99", "RR8-8")))
+    assert (outcome.code, outcome.status, outcome.error_code) == ("AR", "rejected", "201")
+
+
+def test_ack_only_after_commit_a_failure_in_apply_leaves_nothing(ctx, run, monkeypatch) -> None:
+    real = store.write_changes
+
+    async def half_then_fail(conn, changes, now, sources=None):
+        await real(conn, changes[:1], now, sources)
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(store, "write_changes", half_then_fail)
+    outcome = run(ingest(ctx, adt("A01", "RR8-9")))
+    assert (outcome.code, outcome.status, outcome.error_code) == ("AE", "error", "207")
+    assert "disk" not in outcome.ack  # no internals in the ACK
+    assert run(counts(ctx.db)) == {}
+    [row] = run(messages(ctx.db))
+    assert row.status == "error" and row.error_code == "207"
+    # A transient failure is retried when the sender re-sends: now it succeeds, on the same row.
+    monkeypatch.setattr(store, "write_changes", real)
+    again = run(ingest(ctx, adt("A01", "RR8-9")))
+    assert again.code == "AA" and again.message_id == outcome.message_id and not again.duplicate
+    [row] = run(messages(ctx.db))
+    assert row.status == "processed" and row.attempts == 2 and row.error_code is None
+    assert run(counts(ctx.db))["Patient"] == 1
+
+
+def test_store_unreachable_raises_so_no_ack_is_sent(tmp_path, run) -> None:
+    db = open_database(f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db")
+    ctx = IngestContext(db=db, senders=dict(SENDERS), now=Clock())
+    with pytest.raises(IngestUnavailable):
+        run(ingest(ctx, "not a message"))
+    run(db.dispose())
+
+
+# -- what is written ---------------------------------------------------------------------------------
+
+
+def test_provenance_records_the_message(ctx, run) -> None:
+    outcome = run(ingest(ctx, adt("A01", "RR8-10")))
+    provenance = run(stored(ctx.db, "Provenance", apply.provenance_id(outcome.message_id)))
+    targets = {t["reference"] for t in provenance["target"]}
+    assert f"Patient/{PATIENT_A}/_history/1" in targets
+    assert any(t.startswith("Encounter/") for t in targets)
+    assert provenance["activity"]["coding"][0] == {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE", "display": "create"}
+    assert provenance["recorded"].endswith("Z")
+    author = provenance["agent"][0]["who"]
+    assert author["identifier"] == {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RR8"}
+    assert provenance["entity"][0]["what"]["identifier"] == {
+        "system": "https://fhir.sharedcare.dev/Id/hl7-message", "value": str(outcome.message_id)}
+
+
+def test_unchanged_content_gets_no_new_version(ctx, run) -> None:
+    run(ingest(ctx, adt("A08", "RR8-11", event="20240301101200")))
+    versions = run(version_count(ctx.db))
+    outcome = run(ingest(ctx, adt("A08", "RR8-12", event="20240301111200")))  # same content, later
+    assert outcome.code == "AA"
+    assert run(version_count(ctx.db)) == versions  # nothing changed, so no Provenance either
+    assert run(stored(ctx.db, "Patient", PATIENT_A))["meta"]["versionId"] == "1"
+
+
+def test_mental_health_sender_labels_its_resources(ctx, run) -> None:
+    outcome = run(ingest(ctx, adt("A01", "RGD-1", sender="RGD", mrn="M123")))
+    assert outcome.code == "AA"
+    labels = {("http://terminology.hl7.org/CodeSystem/v3-ActCode", "PSY"),
+              ("http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "R")}
+    [encounter] = run(all_of(ctx.db, "Encounter"))
+    assert {(c["system"], c["code"]) for c in encounter["meta"]["security"]} >= labels
+    for organization in run(all_of(ctx.db, "Organization")):
+        assert not (organization.get("meta") or {}).get("security")
+
+
+
+# -- results (UK-REFERENCE test 7) and every fixture message ---------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7v2"
+
+
+def test_obx11_corrected_replaces_and_withdrawn_marks_entered_in_error(ctx, run) -> None:
+    for name in ("01_fbc_final", "02_fbc_corrected", "03_fbc_withdrawn"):
+        outcome = run(ingest(ctx, (FIXTURES / "ORU_R01" / f"{name}.hl7").read_bytes()))
+        assert outcome.code == "AA", outcome.error_text
+        if name == "01_fbc_final":
+            observations = run(all_of(ctx.db, "Observation"))
+            haemoglobin = next(o for o in observations if "718-7" in json.dumps(o["code"]))
+            assert haemoglobin["status"] == "final" and haemoglobin["valueQuantity"]["value"] == 118
+        if name == "02_fbc_corrected":
+            corrected = run(stored(ctx.db, "Observation", haemoglobin["id"]))
+            assert corrected["status"] == "corrected" and corrected["valueQuantity"]["value"] == 128
+            assert corrected["meta"]["versionId"] == "2"
+    observations = run(all_of(ctx.db, "Observation"))
+    assert len(observations) == 4  # replaced in place, never duplicated
+    platelets = next(o for o in observations if "777-3" in json.dumps(o["code"]))
+    assert platelets["status"] == "entered-in-error"
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*/*.hl7")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_fixture_message_is_stored_and_answered(ctx, run, path: Path) -> None:
+    outcome = run(ingest(ctx, path.read_bytes(), transport="file"))
+    assert outcome.ack is None or parse_message(outcome.ack).first("MSA") is not None
+    assert outcome.error_code != "207", outcome.error_text  # no fixture may hit an internal error
+    [row] = run(messages(ctx.db))
+    assert row.status == {"AA": "processed", "AE": "error", "AR": "rejected"}[outcome.code]
+
+
+def test_collisions_with_concurrent_writers_are_retried(ctx, run, monkeypatch) -> None:
+    real, calls = store.write_changes, []
+
+    async def collide_once(conn, changes, now, sources=None):
+        calls.append(1)
+        if len(calls) == 1:
+            raise store.ConcurrentChange("another writer got there first")
+        return await real(conn, changes, now, sources)
+
+    monkeypatch.setattr(store, "write_changes", collide_once)
+    outcome = run(ingest(ctx, adt("A01", "RR8-13")))
+    assert outcome.code == "AA" and len(calls) == 2
+    assert len(run(messages(ctx.db))) == 1 and run(counts(ctx.db))["Patient"] == 1
+
+
+def test_endless_collisions_are_stored_as_206_for_replay(ctx, run, monkeypatch) -> None:
+    async def always(conn, changes, now, sources=None):
+        raise store.ConcurrentChange("busy")
+
+    monkeypatch.setattr(store, "write_changes", always)
+    ctx.max_attempts = 2
+    outcome = run(ingest(ctx, adt("A01", "RR8-14")))
+    assert (outcome.code, outcome.status, outcome.error_code) == ("AE", "error", "206")
+    assert run(counts(ctx.db)) == {}
+
+
+def test_stored_exactly_as_the_repository_stores(ctx, run) -> None:
+    """Batched writes keep versions, current content and the search index consistent (both back ends)."""
+    from sqlalchemy import Text, cast, select
+
+    from engine.db.schema import INDEX_TABLES, resource_versions, resources
+    from engine.search.extract import extract_index
+
+    run(ingest(ctx, adt("A01", "RR8-15", event="20240301100000", phone="0113 496 0000")))
+    run(ingest(ctx, adt("A08", "RR8-16", family="JONES", event="20240302100000")))
+
+    async def check() -> None:
+        async with ctx.db.read() as conn:
+            row = (await conn.execute(select(resources.c.pk, cast(resources.c.content, Text)).where(
+                resources.c.res_type == "Patient"))).one()
+            content = json.loads(row[1])
+            history = (await conn.execute(select(resource_versions.c.version_id, resource_versions.c.method,
+                                                 cast(resource_versions.c.content, Text))
+                                          .where(resource_versions.c.res_pk == row[0])
+                                          .order_by(resource_versions.c.version_id))).all()
+            assert [(v, m) for v, m, _ in history] == [(1, "POST"), (2, "PUT")]
+            assert json.loads(history[-1][2]) == content and content["meta"]["versionId"] == "2"
+            for kind, expected in extract_index(content).items():
+                table = INDEX_TABLES[kind]
+                columns = [c for c in table.columns if c.name not in ("id", "res_pk", "res_type")]
+                found = (await conn.execute(select(*columns).where(table.c.res_pk == row[0]))).all()
+                assert sorted(map(tuple, found), key=repr) == sorted(
+                    (tuple(r[c.name] for c in columns) for r in expected), key=repr), kind
+
+    run(check())
+
+
+def test_the_postgresql_write_statement_stays_cacheable() -> None:
+    """psycopg caches the parsed form of queries up to 4096 characters: the one-statement write must fit."""
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
+    from sqlalchemy.dialects.postgresql import psycopg as pg
+
+    compiled = str(store._PG_WRITE.compile(dialect=pg.dialect()))
+    assert len(compiled) <= MAX_CACHED_STATEMENT_LENGTH
