@@ -113,7 +113,7 @@ async def _load_async(args: argparse.Namespace) -> int:
                 advance(len(message_files))
             for failure in hl7_report.failures:
                 print(f"failed: {failure}", file=sys.stderr)
-            print(f"HL7 v2: {hl7_report.summary()}", file=sys.stderr)
+            print(hl7_report.summary(), file=sys.stderr)
             failures += len(hl7_report.failures)
     finally:
         await db.dispose()

@@ -112,7 +112,7 @@ class ServeProcess:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen([str(BIN / "sharedcare"), "serve", "--workers", "1"], env=self.env,
                                             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"sharedcare serve exited ({self.process.returncode}):\n{self.tail()}")
