@@ -27,6 +27,7 @@ from typing import Any
 import uvicorn
 
 from engine.config import Settings
+from engine.http_protocol import NoDelayHttpProtocol
 from engine.mllp_server import MllpConfig, MllpServer, mllp_config_from_env
 from engine.observability import configure_logging
 
@@ -63,7 +64,7 @@ async def _serve_one_process(settings: Settings, host: str, port: int, mllp: Mll
     from engine.api.app import create_app
 
     http = _HttpServer(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
-                                      access_log=False, lifespan="on"))
+                                      access_log=False, lifespan="on", http=NoDelayHttpProtocol))
     stop = asyncio.Event()
     listener: MllpServer | None = None
 
@@ -156,7 +157,7 @@ def _serve_with_workers(settings: Settings, host: str, port: int, workers: int, 
         return 1
     try:
         uvicorn.run("engine.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning", access_log=False)
+                    log_level="warning", access_log=False, http="engine.http_protocol:NoDelayHttpProtocol")
     finally:
         if supervisor is not None:
             supervisor.stop()
