@@ -828,9 +828,12 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             server.stop()
         if keep:
-            console.print(f"kept database: {db_url} (--reuse {name}); server logs: {workdir}")
+            console.print(f"kept database: {db_url} (--reuse {name})")
         else:
             drop_database(args.database_url, name)
+        if args.keep:
+            console.print(f"server logs: {workdir}")
+        else:
             shutil.rmtree(workdir, ignore_errors=True)
 
     bad = report(out, args, plan, written, load_seconds, results, generator_name, loadavg)
