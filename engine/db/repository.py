@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, cast, func, insert, or_, select, text
+from sqlalchemy import Text, and_, bindparam, cast, func, insert, or_, select, text
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -127,12 +127,16 @@ def _stored(row: Sequence[Any]) -> Stored:
     return Stored(*row)
 
 
+# Built once: constructing a select per read costs more than PostgreSQL takes to answer it.
+_READ = select(*_COLUMNS).where(resources.c.res_type == bindparam("res_type"),
+                                resources.c.res_id == bindparam("res_id"))
+_READ_FOR_UPDATE = _READ.with_for_update()
+
+
 async def read(conn: AsyncConnection, res_type: str, res_id: str, *, for_update: bool = False) -> Stored | None:
     """The current version of `res_type/res_id` (possibly a deletion marker), or None if never stored."""
-    query = select(*_COLUMNS).where(resources.c.res_type == res_type, resources.c.res_id == res_id)
-    if for_update and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = (await conn.execute(query)).first()
+    query = _READ_FOR_UPDATE if for_update and conn.dialect.name == "postgresql" else _READ
+    row = (await conn.execute(query, {"res_type": res_type, "res_id": res_id})).first()
     return _stored(row) if row else None
 
 
