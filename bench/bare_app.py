@@ -56,7 +56,7 @@ store: AsyncEngine | None = None
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     global store
     # The store's own engine: same driver, same pool size and overflow (engine/db/database.py).
-    store = open_database(os.environ["BENCH_DATABASE_URL"]).engine
+    store = open_database(os.environ["BENCH_DATABASE_URL"]).reader  # the same read engine (autocommit) as the store
     try:
         yield
     finally:
