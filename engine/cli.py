@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine.auth.cli import add_token_parser
-from engine.ingest.cli import add_replay_parser
 from engine.config import Settings, load_settings
+from engine.ingest.cli import add_replay_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import orjson
 
-from engine.auth import Principal, parse_scopes
+from engine.auth import system_principal
 from engine.db.database import Database
 from engine.db.repository import utc_now
 from engine.fhir import writes
@@ -24,19 +23,7 @@ from engine.fhir.rest import FhirRequest, FhirService
 from engine.fhir.transaction import process_bundle
 from engine.outcomes import FhirError
 
-LOADER_SCOPES, _ = parse_scopes("system/*.cruds")
-LOADER = Principal(
-    user_id="sharedcare-loader",
-    name="sharedcare bulk loader",
-    role="R8015",
-    org=None,
-    scopes=tuple(LOADER_SCOPES),
-    patient=None,
-    purpose_of_use=None,
-    expires_at=2**62,
-    claims=MappingProxyType({}),
-)
-
+LOADER = system_principal("sharedcare-loader", "sharedcare bulk loader")
 
 @dataclass
 class LoadReport:

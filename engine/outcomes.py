@@ -118,10 +118,6 @@ def forbidden(code: str, diagnostics: str) -> FhirError:
     return error(403, "forbidden", diagnostics, details_code=code)
 
 
-def unprocessable(issues: list[OutcomeIssue]) -> FhirError:
-    return FhirError(422, issues)
-
-
 def internal_error(request_id: str) -> FhirError:
     return error(500, "exception", f"Internal error; quote request id {request_id} to the administrator",
                  details_code="internal")

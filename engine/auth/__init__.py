@@ -6,7 +6,7 @@ See docs/authentication.md. The pure parts (`scopes`, `principal`) decide; `veri
 
 from engine.auth.discovery import capability_security, public_jwks, smart_configuration
 from engine.auth.keys import DevKey, ensure_dev_key, issue_token, parse_ttl
-from engine.auth.principal import ClaimsError, Principal, claims_to_principal
+from engine.auth.principal import ClaimsError, Principal, claims_to_principal, system_principal
 from engine.auth.scopes import (
     RejectedScope,
     Scope,
@@ -41,4 +41,5 @@ __all__ = [
     "scope_filters",
     "scopes_permit",
     "smart_configuration",
+    "system_principal",
 ]

@@ -155,3 +155,11 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(_freeze(v) for v in value)
     return value
+
+
+def system_principal(user_id: str, name: str) -> Principal:
+    """A principal for the engine's own writers (bulk loader, HL7 v2 ingest): `system/*.cruds`,
+    RBAC role R8015 (Systems Support), no patient context, never expiring."""
+    scopes, _ = parse_scopes("system/*.cruds")
+    return Principal(user_id=user_id, name=name, role="R8015", org=None, scopes=tuple(scopes), patient=None,
+                     purpose_of_use=None, expires_at=2**62, claims=MappingProxyType({}))

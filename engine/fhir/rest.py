@@ -348,6 +348,3 @@ def _decode_pk_cursor(value: str | None) -> tuple[int | None, int | None]:
         raise outcomes.bad_request("The paging cursor is not one this server issued", ("_cursor",),
                                    "bad-cursor") from None
 
-
-def now_instant() -> str:
-    return format_instant(utc_now())

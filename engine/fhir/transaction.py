@@ -19,7 +19,7 @@ from engine import outcomes
 from engine.db import repository
 from engine.db.repository import Stored, format_instant, new_id, utc_now
 from engine.fhir import negotiation, writes
-from engine.outcomes import FhirError, OutcomeIssue
+from engine.outcomes import FhirError
 
 if TYPE_CHECKING:
     from engine.fhir.rest import FhirRequest, FhirService
@@ -362,6 +362,3 @@ def _error_result(exc: FhirError) -> dict[str, Any]:
               412: "Precondition Failed", 422: "Unprocessable Entity"}.get(exc.status, "Error")
     return {"response": {"status": f"{exc.status} {reason}", "outcome": exc.outcome()}}
 
-
-def issue_at(index: int, diagnostics: str) -> OutcomeIssue:
-    return OutcomeIssue(code="invalid", diagnostics=diagnostics, expression=(f"Bundle.entry[{index}]",))

@@ -23,14 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any
 
 import orjson
 from sqlalchemy import Text, bindparam, cast, null, select, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine.auth import Principal, parse_scopes
+from engine.auth import system_principal
 from engine.db.ingest_schema import resource_sources
 from engine.db.repository import format_instant
 from engine.db.schema import idx_token, resources
@@ -49,19 +48,8 @@ from mappings.result import (
     PatientKey,
 )
 
-INGEST_SCOPES, _ = parse_scopes("system/*.cruds")
-INGEST = Principal(
-    user_id="sharedcare-ingest",
-    name="sharedcare HL7 v2 ingest",
-    role="R8015",
-    org=None,
-    scopes=tuple(INGEST_SCOPES),
-    patient=None,
-    purpose_of_use=None,
-    expires_at=2**62,
-    claims=MappingProxyType({}),
-)
-"""The system principal ingest writes as (like engine/loader.py's LOADER)."""
+INGEST = system_principal("sharedcare-ingest", "sharedcare HL7 v2 ingest")
+"""The system principal ingest writes as."""
 
 MESSAGE_ID_SYSTEM = "https://fhir.sharedcare.dev/Id/hl7-message"
 SYSTEM_PRINCIPAL_SYSTEM = "https://fhir.sharedcare.dev/Id/system-principal"
