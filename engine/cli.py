@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from engine.audit.cli import add_audit_parser
 from engine.auth.cli import add_token_parser
 from engine.config import Settings, load_settings
 from engine.ingest.cli import add_replay_parser
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_token_parser(commands)
     add_replay_parser(commands)
+    add_audit_parser(commands)
 
     args = parser.parse_args(argv)
     return int(args.handler(args) or 0)

@@ -77,7 +77,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 
 def normalise_database_url(url: str) -> str:
     """Accept the plain URLs people paste and pick the async drivers the engine runs on."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
+    if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite:///"):
         return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import outcomes
 from engine.access import AccessGate
+from engine.api import document_routes, ig_routes, transfer_routes
 from engine.auth import AuthError, TokenVerifier, capability_security, public_jwks, smart_configuration
 from engine.config import Settings, load_settings
 from engine.db.database import Database, open_database
@@ -93,6 +94,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         redoc_url=None,
     )
     _install_error_handlers(app)
+    for routes in (ig_routes, document_routes, transfer_routes):
+        routes.install(app, _handle, _state)  # before the generic /fhir/{type}/{id} routes
     _install_routes(app)
     app.add_middleware(ObservabilityMiddleware)
     return app
@@ -137,7 +140,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _install_routes(app: FastAPI) -> None:  # noqa: C901 - one route table
+def _install_routes(app: FastAPI) -> None:
     fhir = "/fhir"
 
     @app.get("/healthz", tags=["operations"])

@@ -237,7 +237,7 @@ async def _resolve_reference(
 ) -> str:
     if reference in id_map:
         return id_map[reference]
-    if reference.startswith("urn:uuid:") or reference.startswith("urn:oid:"):
+    if reference.startswith(("urn:uuid:", "urn:oid:")):
         raise outcomes.bad_request(f"Reference {reference} matches no entry of the transaction",
                                    ("reference",), "unresolved-reference")
     path, sep, criteria = reference.partition("?")

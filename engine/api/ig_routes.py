@@ -1,0 +1,17 @@
+"""Information governance endpoints: AuditEvent search, CSV export, reports, alerts, break-glass review queue, a patient's access log."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from engine.fhir.rest import FhirRequest, FhirResponse
+
+Handle = Callable[[Request, Callable[[FhirRequest], Awaitable[FhirResponse]]], Awaitable[Response]]
+
+
+def install(app: FastAPI, handle: Handle, state_of: Callable[[Request], Any]) -> None:
+    """Add this module's routes; `handle` authenticates and renders like every /fhir route."""

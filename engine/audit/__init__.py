@@ -1,0 +1,1 @@
+"""Audit: IHE BALP AuditEvents, written durably, hash-chained, searchable by IG officers."""
