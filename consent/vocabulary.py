@@ -30,3 +30,22 @@ RBAC_ROLE_SYSTEM = "https://fhir.hl7.org.uk/CodeSystem/UKCore-SDSJobRoleName"
 def owner_tag(ods_code: str) -> dict[str, str]:
     """The meta.tag coding that names `ods_code` as the data's owning organisation."""
     return {"system": OWNER_TAG_SYSTEM, "code": ods_code, "display": "data owner"}
+
+
+# --- added for the consent decisions (consent/model.py, consent/decide.py) ---
+
+ODS_SITE_SYSTEM = "https://fhir.nhs.uk/Id/ods-site-code"
+SDS_USER_SYSTEM = "https://fhir.nhs.uk/Id/sds-user-id"
+
+# Confidentiality codes (v3-Confidentiality): normal, restricted, very restricted.
+NORMAL, RESTRICTED, VERY_RESTRICTED = "N", "R", "V"
+
+# Consent R4 (https://hl7.org/fhir/R4/consent.html) and IHE PCF (https://profiles.ihe.net/ITI/PCF).
+CONSENT_ACTION_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentaction"
+RESOURCE_TYPES_SYSTEM = "http://hl7.org/fhir/resource-types"
+# Consent.policyRule codes (v3-ActCode) that say what a provision-less root means.
+OPT_IN, OPT_OUT = "OPTIN", "OPTOUT"
+
+# An EpisodeOfCare is care-home residency (UK-REFERENCE §6: "residency → EpisodeOfCare with the care home's
+# ODS site code") when its type text/display contains one of these phrases, case-insensitive.
+CARE_HOME_EPISODE_PHRASES = ("care home", "nursing home", "residential home")

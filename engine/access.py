@@ -9,31 +9,54 @@ passes `release` before it reaches a response. Today the gate applies:
   allows it, and a scope allows it when it matches the scope's `?query` AND, for a `patient/`
   scope, lies in the launch patient's compartment.
 
-Consent, legitimate relationship and audit plug in here, so no endpoint changes when they do.
-Scope restrictions become SQL over `resources` (the same search grammar clients use), so
-searches filter in the database and a page's `total` never counts what the user may not see.
+- the NHS RBAC role table, legitimate relationships, the patient's Consents, sensitive labels
+  and break-glass (`consent/`, pure; its inputs are read by `engine.access_data`).
+
+Scope restrictions and the relationship and label rules become SQL over `resources` (the same
+search grammar clients use), so searches filter in the database and a page's `total` never counts
+what the user may not see; the resources of patients holding a Consent are then decided row by
+row by `consent.decide`, the final word on everything that leaves the store.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import ColumnElement, and_, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from consent.decide import decide, decide_patient
+from consent.labels import apply_labels
+from consent.model import AccessRequest, Requester, ResourceFacts
+from consent.model import Decision as ConsentDecision
+from consent.policy import Policy, RoleGrant, check_break_glass_reason, load_policy
+from consent.vocabulary import BREAK_GLASS, OWNER_TAG_SYSTEM, TREATMENT, owner_tag
 from engine import outcomes
+from engine.access_data import (
+    OrganisationKeys,
+    PatientContext,
+    Viewer,
+    consenting_patients,
+    grant_break_glass,
+    load_contexts,
+    patients_of,
+    visible,
+    withheld_by_label,
+)
 from engine.auth import Principal, granting_scopes
 from engine.db import repository
 from engine.db.database import Database
 from engine.db.repository import HistoryPage, Stored
 from engine.db.schema import resources
+from engine.outcomes import FhirError
 from engine.search.params import SearchError, SearchRequest, parse_search
-from engine.search.query import SearchPage, criteria_clause, search
+from engine.search.query import SearchPage, criteria_clause, match_flags, search
 
 # SMART v2 interaction letters.
 CREATE, READ, UPDATE, DELETE, SEARCH = "c", "r", "u", "d", "s"
@@ -95,36 +118,68 @@ def scope_clause(who: Principal, interaction: str, res_type: str) -> ColumnEleme
 
 
 class AccessGate:
-    """Authorises interactions and releases stored resources to one principal."""
+    """Authorises interactions and releases stored resources to one principal.
 
-    def __init__(self, db: Database) -> None:
+    `now` is read once per call from `clock` (UTC), so one request sees one moment.
+    """
+
+    def __init__(self, db: Database, policy: Policy | None = None, *,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.db = db
+        self.policy = policy or load_policy()
+        self.clock = clock
+        self.org_keys = OrganisationKeys()
 
     # -- decisions ------------------------------------------------------------------------------
 
     def authorise(self, who: Principal, interaction: str, res_type: str) -> None:
+        """Role, scopes and the role table: may `who` do `interaction` on any `res_type` at all?"""
         decision = decide_interaction(who, interaction, res_type)
+        if decision.permitted and not who.is_system and not role_permits(
+                self.policy, who, _INTERACTION_NAMES[interaction], res_type):
+            decision = Decision(False, "role", f"The role {who.role} may not {_INTERACTION_NAMES[interaction]} "
+                                               f"{res_type} resources")
         if not decision.permitted:
             raise outcomes.forbidden(decision.code, decision.reason)
+
+    async def viewer(self, conn: AsyncConnection, who: Principal) -> Viewer:
+        grant = role_grant(self.policy, who)
+        return Viewer(who.user_id, who.org, await self.org_keys.keys(conn, who.org), who.own_patient,
+                      needs_relationship=grant is None or grant.needs_relationship)
+
+    async def restriction(
+        self, conn: AsyncConnection, who: Principal, interaction: str, res_type: str, now: datetime
+    ) -> ColumnElement[bool] | None:
+        """The SQL restriction on `interaction` over `res_type`: scopes AND the policy's SQL rules."""
+        scope = scope_clause(who, interaction, res_type)
+        if who.is_system:
+            return scope
+        rules = visible(await self.viewer(conn, who), _naive(now), self.policy)
+        return rules if scope is None else and_(scope, rules)
 
     async def permitted_pks(
         self, conn: AsyncConnection, who: Principal, interaction: str, rows: Iterable[StoredRow]
     ) -> set[int]:
-        """The pks among `rows` that `who` may see or change under `interaction` (one query per type)."""
-        by_type: dict[str, list[int]] = defaultdict(list)
+        """The pks among `rows` that `who` may see or change under `interaction`."""
+        now = self.clock()
+        by_type: dict[str, list[StoredRow]] = defaultdict(list)
         for row in rows:
-            by_type[row.res_type].append(row.pk)
+            by_type[row.res_type].append(row)
         allowed: set[int] = set()
-        for res_type, pks in by_type.items():
-            if not decide_interaction(who, interaction, res_type).permitted:
+        for res_type, typed in by_type.items():
+            if not self._role_allows(who, interaction, res_type):
                 continue
-            clause = scope_clause(who, interaction, res_type)
+            pks = [row.pk for row in typed]
+            clause = await self.restriction(conn, who, interaction, res_type, now)
             if clause is None:
                 allowed.update(pks)
                 continue
             query = select(resources.c.pk).where(resources.c.pk.in_(pks), clause)
             allowed.update((await conn.execute(query)).scalars())
-        return allowed
+        if who.is_system or not allowed:
+            return allowed
+        survivors = [row for row in (r for typed in by_type.values() for r in typed) if row.pk in allowed]
+        return allowed - await self._withheld_by_consent(conn, who, interaction, survivors, now)
 
     async def release(
         self, conn: AsyncConnection, who: Principal, rows: Sequence[StoredRow], interaction: str = READ
@@ -135,26 +190,38 @@ class AccessGate:
         allowed = await self.permitted_pks(conn, who, interaction, rows)
         return [row for row in rows if row.pk in allowed]
 
+    def prepare(self, who: Principal, resource: dict[str, Any]) -> dict[str, Any]:
+        """A resource about to be written by `who`: the policy's sensitivity labels added and, for a
+        person writing, their organisation tagged as the data's owner (meta.tag, consent.vocabulary)."""
+        document = apply_labels(resource, self.policy)
+        if who.is_system or not who.org or document.get("resourceType") in self.policy.directory_types:
+            return document
+        meta = dict(document.get("meta") or {})
+        tags = [t for t in meta.get("tag") or () if not (isinstance(t, dict) and t.get("system") == OWNER_TAG_SYSTEM)]
+        meta["tag"] = [*tags, owner_tag(who.org)]
+        return {**document, "meta": meta}
+
     async def check_change(self, conn: AsyncConnection, who: Principal, interaction: str, stored: Stored) -> None:
-        """After a write inside its transaction: the written resource must lie within `who`'s scopes.
+        """After a write inside its transaction: the written resource must lie within what `who` may see.
 
         Raising here rolls the write back, so a patient-scoped app cannot write into another
-        patient's record, nor a `?category=` scope outside its category.
+        patient's record, nor a clinician into the record of a patient they have no relationship with.
         """
         if stored.pk not in await self.permitted_pks(conn, who, interaction, [stored]):
-            raise outcomes.forbidden("outside-scope",
-                                     f"The token's scopes do not allow this {stored.res_type} to be written")
+            raise await self._refusal(conn, who, stored, "written")
 
     # -- reads ------------------------------------------------------------------------------------
 
     async def read(self, who: Principal, res_type: str, res_id: str) -> Stored:
         self.authorise(who, READ, res_type)
+        await self._maybe_break_glass_for(who, res_type, res_id)
         async with self.db.read() as conn:
             stored = await repository.read(conn, res_type, res_id)
             return await self._released_or_missing(conn, who, stored, res_type, res_id)
 
     async def vread(self, who: Principal, res_type: str, res_id: str, version_id: int) -> Stored:
         self.authorise(who, READ, res_type)
+        await self._maybe_break_glass_for(who, res_type, res_id)
         async with self.db.read() as conn:
             current = await repository.read(conn, res_type, res_id)
             stored = await repository.read_version(conn, res_type, res_id, version_id) if current else None
@@ -162,23 +229,57 @@ class AccessGate:
                 raise outcomes.not_found(res_type, f"{res_id}/_history/{version_id}")
             if not current.deleted:
                 await self._check_release(conn, who, current)
+                if not stored.deleted and stored.pk not in await self.permitted_pks(conn, who, READ, [stored]):
+                    raise outcomes.not_found(res_type, f"{res_id}/_history/{version_id}")
         if stored.deleted:
             raise outcomes.gone(res_type, res_id, stored.version_id)
         return stored
 
     async def search(self, who: Principal, request: SearchRequest, conn: AsyncConnection | None = None) -> SearchPage:
-        """A search restricted in SQL to what `who` may see; included resources filtered the same way."""
-        self.authorise(who, SEARCH, request.resource_type)
-        restriction = scope_clause(who, SEARCH, request.resource_type)
-        if conn is not None:
-            return await self._search(conn, who, request, restriction)
-        async with self.db.read() as own:
-            return await self._search(own, who, request, restriction)
+        """A search restricted in SQL to what `who` may see; included resources filtered the same way.
 
-    async def _search(
-        self, conn: AsyncConnection, who: Principal, request: SearchRequest, restriction: ColumnElement[bool] | None
-    ) -> SearchPage:
+        A search about one patient (`patient=`, `subject=Patient/…`, `Patient?_id=`) with no
+        relationship and no break-glass is refused outright (403) rather than answered empty.
+        """
+        self.authorise(who, SEARCH, request.resource_type)
+        pinned = pinned_patient(request)
+        if pinned and who.break_glass_reason:
+            await self.break_glass(who, pinned)
+        if conn is not None:
+            return await self._search(conn, who, request, pinned)
+        async with self.db.read() as own:
+            return await self._search(own, who, request, pinned)
+
+    async def _search(self, conn: AsyncConnection, who: Principal, request: SearchRequest,
+                      pinned: str | None) -> SearchPage:
+        if who.is_system:
+            return await search(conn, request, restriction=scope_clause(who, SEARCH, request.resource_type))
+        now = self.clock()
+        viewer = await self.viewer(conn, who)
+        consents_possible = request.cursor is not None  # a later page cannot tell; judge its rows
+        if pinned:
+            context = await self._check_patient(conn, who, viewer, request.resource_type, pinned, now)
+            consents_possible = bool(context.consents)
+        scope = scope_clause(who, SEARCH, request.resource_type)
+        rules = visible(viewer, _naive(now), self.policy)
+        restriction = rules if scope is None else and_(scope, rules)
+        label_hidden = False
+        if request.cursor is None:
+            hidden = withheld_by_label(viewer, _naive(now), self.policy)
+            checks = [hidden if scope is None else and_(scope, hidden)]
+            if not pinned:
+                checks.append(and_(restriction, resources.c.patient_id.in_(consenting_patients())))
+            flags = await match_flags(conn, request, checks)
+            label_hidden = flags[0]
+            consents_possible = consents_possible or (not pinned and flags[1])
+        if consents_possible:
+            # Python may withhold rows SQL counted: a total would reveal how many.
+            request = replace(request, total="none")
         page = await search(conn, request, restriction=restriction)
+        withheld = await self._withheld_by_consent(conn, who, READ, page.rows, now) if consents_possible else set()
+        if withheld:
+            page = replace(page, rows=[r for r in page.rows if r.pk not in withheld])
+        page = replace(page, withheld=bool(withheld) or label_hidden)
         if page.included:
             page = replace(page, included=await self.release(conn, who, page.included))
         return page
@@ -189,7 +290,8 @@ class AccessGate:
     ) -> tuple[HistoryPage, int | None]:
         """Instance, type or system history (https://hl7.org/fhir/R4/http.html#history)."""
         for checked in [res_type] if res_type else _all_types():
-            self.authorise(who, READ, checked)
+            if res_type or self._role_allows(who, READ, checked):
+                self.authorise(who, READ, checked)
         async with self.db.read() as conn:
             if res_type and res_id:
                 current = await repository.read(conn, res_type, res_id)
@@ -205,10 +307,14 @@ class AccessGate:
             elif after is None:
                 total = await repository.history_total(conn, res_type=res_type, res_id=res_id, since=since, at=at)
             allowed = await self.permitted_pks(conn, who, READ, page.versions)
-        visible = [v for v in page.versions if v.pk in allowed]
-        if len(visible) != len(page.versions):
+            if not who.is_system:
+                # Past versions are judged on their own content (a label added later still hides them).
+                allowed -= await self._withheld_by_consent(conn, who, READ, page.versions, self.clock(),
+                                                           every_row=True)
+        visible_versions = [v for v in page.versions if v.pk in allowed]
+        if len(visible_versions) != len(page.versions):
             total = None  # a restricted principal is not told how many versions it cannot see
-        return HistoryPage(visible, page.next_cursor), total
+        return HistoryPage(visible_versions, page.next_cursor), total
 
     async def everything(
         self, who: Principal, patient_id: str, *, types: Sequence[str] | None, since: datetime | None,
@@ -218,6 +324,8 @@ class AccessGate:
         self.authorise(who, READ, "Patient")
         for res_type in types or ():
             self.authorise(who, READ, res_type)
+        if who.break_glass_reason:
+            await self.break_glass(who, patient_id)
         async with self.db.read() as conn:
             patient = await repository.read(conn, "Patient", patient_id)
             await self._released_or_missing(conn, who, patient, "Patient", patient_id)
@@ -225,10 +333,135 @@ class AccessGate:
             page, next_pk = await repository.compartment_page(
                 conn, patient_id, types=types, since=since, count=count, after_pk=after_pk, snapshot_pk=snapshot
             )
-            released = await self.release(conn, who, page)
+            readable = [row for row in page if self._role_allows(who, READ, row.res_type)]
+            released = await self.release(conn, who, readable)
         return released, next_pk, snapshot
 
+    # -- break-glass ----------------------------------------------------------------------------
+
+    async def break_glass(self, who: Principal, patient_id: str) -> None:
+        """Open (or keep) a break-glass grant for `who` on `patient_id` (UK-REFERENCE §4).
+
+        The reason must be non-trivial; each new grant is its own committed write, so the override
+        is on record before any data it unlocks is read.
+        """
+        if who.is_system or not who.break_glass_reason:
+            return
+        problem = check_break_glass_reason(who.break_glass_reason, self.policy)
+        if problem:
+            raise outcomes.bad_request(problem, ("X-Break-Glass-Reason",), "break-glass-reason")
+        now = self.clock()
+        async with self.db.write() as conn:
+            active = await self._grant_active(conn, who.user_id, patient_id, now)
+            if not active:
+                await grant_break_glass(conn, user_id=who.user_id, patient_id=patient_id, org=who.org,
+                                        role=who.role, reason=who.break_glass_reason, now=now,
+                                        time_box=self.policy.break_glass.time_box)
+
+    async def _grant_active(self, conn: AsyncConnection, user_id: str, patient_id: str, now: datetime) -> bool:
+        contexts = await load_contexts(conn, [patient_id], user_id=user_id, orgs=frozenset(), now=_naive(now),
+                                       policy=self.policy)
+        return contexts[patient_id].break_glass
+
+    async def _maybe_break_glass_for(self, who: Principal, res_type: str, res_id: str) -> None:
+        if who.is_system or not who.break_glass_reason:
+            return
+        async with self.db.read() as conn:
+            stored = await repository.read(conn, res_type, res_id)
+            patients = await patients_of(conn, [stored.pk]) if stored else {}
+        patient_id = patients.get(stored.pk, (None, False))[0] if stored else None
+        if patient_id:
+            await self.break_glass(who, patient_id)
+
     # -- helpers ------------------------------------------------------------------------------------
+
+    def _role_allows(self, who: Principal, interaction: str, res_type: str) -> bool:
+        if not decide_interaction(who, interaction, res_type).permitted:
+            return False
+        return who.is_system or role_permits(self.policy, who, _INTERACTION_NAMES[interaction], res_type)
+
+    def requester(self, who: Principal, orgs: frozenset[str], *, break_glass: bool) -> Requester:
+        return Requester(user_id=who.user_id, role=who.role, orgs=orgs,
+                         purpose=BREAK_GLASS if break_glass else (who.purpose_of_use or TREATMENT),
+                         break_glass=break_glass, patient=who.own_patient)
+
+    async def _withheld_by_consent(
+        self, conn: AsyncConnection, who: Principal, interaction: str, rows: Sequence[StoredRow], now: datetime,
+        *, every_row: bool = False,
+    ) -> set[int]:
+        """The pks among `rows` that `consent.decide` withholds or denies.
+
+        Only rows of patients holding a Consent need it (SQL decided the rest), unless `every_row`.
+        """
+        if not rows:
+            return set()
+        patients = await patients_of(conn, sorted({row.pk for row in rows}))
+        judged = [row for row in rows if patients.get(row.pk, (None, False))[0]
+                  and (every_row or patients[row.pk][1])]
+        if not judged:
+            return set()
+        viewer = await self.viewer(conn, who)
+        contexts = await load_contexts(conn, {patients[row.pk][0] for row in judged}, user_id=who.user_id,
+                                       orgs=viewer.orgs, now=_naive(now), policy=self.policy)
+        refused: set[int] = set()
+        for row in judged:
+            patient_id = patients[row.pk][0]
+            context = contexts[patient_id]
+            decision = self._decide(who, viewer.orgs, interaction, row, patient_id, context, now)
+            if decision.effect != "permit":
+                refused.add(row.pk)
+        return refused
+
+    def _decide(self, who: Principal, orgs: frozenset[str], interaction: str, row: StoredRow,
+                patient_id: str | None, context: PatientContext, now: datetime) -> ConsentDecision:
+        content = getattr(row, "content", None)
+        document = orjson.loads(content) if content else {"resourceType": row.res_type, "id": row.res_id}
+        facts = ResourceFacts.from_document(document, patient_id=patient_id)
+        request = AccessRequest(self.requester(who, orgs, break_glass=context.break_glass),
+                                _INTERACTION_NAMES[interaction])
+        return decide(request, facts, context.consents, context.relationships, now, self.policy)
+
+    async def _check_patient(self, conn: AsyncConnection, who: Principal, viewer: Viewer, res_type: str,
+                             patient_id: str, now: datetime) -> PatientContext:
+        """Refuse a request about one patient when there is no relationship and no break-glass."""
+        context = (await load_contexts(conn, [patient_id], user_id=who.user_id, orgs=viewer.orgs,
+                                       now=_naive(now), policy=self.policy))[patient_id]
+        request = AccessRequest(self.requester(who, viewer.orgs, break_glass=context.break_glass),
+                                _INTERACTION_NAMES[READ])
+        decision = decide_patient(request, res_type, patient_id, context.consents, context.relationships, now,
+                                  self.policy)
+        if decision.effect == "deny":
+            raise _deny(decision)
+        return context
+
+    async def _refusal(self, conn: AsyncConnection, who: Principal, stored: Stored, verb: str) -> FhirError:
+        """Why `stored` may not be read (or written) by `who`: the rule that decided, as 403 or 404.
+
+        Outside the token's scopes a resource does not exist for a reader (404). A missing
+        relationship is a 403 naming break-glass; withheld data answers as the policy says.
+        """
+        writing = verb == "written"
+        scope = scope_clause(who, READ, stored.res_type)
+        if scope is not None and (await conn.execute(
+                select(resources.c.pk).where(resources.c.pk == stored.pk, scope))).first() is None:
+            if writing:
+                return outcomes.forbidden("outside-scope",
+                                          f"The token's scopes do not allow this {stored.res_type} to be written")
+            return outcomes.not_found(stored.res_type, stored.res_id)
+        now = self.clock()
+        patient_id = (await patients_of(conn, [stored.pk])).get(stored.pk, (None, False))[0]
+        viewer = await self.viewer(conn, who)
+        context = PatientContext()
+        if patient_id:
+            context = (await load_contexts(conn, [patient_id], user_id=who.user_id, orgs=viewer.orgs,
+                                           now=_naive(now), policy=self.policy))[patient_id]
+        decision = self._decide(who, viewer.orgs, CREATE if writing else READ, stored, patient_id, context, now)
+        if decision.effect == "deny" or (writing and decision.effect == "withhold"):
+            return _deny(decision)
+        if decision.effect == "withhold" and self.policy.withheld_read_status == 403:
+            return outcomes.forbidden("withheld", "This resource is withheld by the patient's sharing "
+                                                  "preferences or its sensitivity")
+        return outcomes.not_found(stored.res_type, stored.res_id)
 
     async def _released_or_missing(
         self, conn: AsyncConnection, who: Principal, stored: Stored | None, res_type: str, res_id: str
@@ -246,8 +479,45 @@ class AccessGate:
         if allow_deleted and stored.deleted:
             return
         if stored.pk not in await self.permitted_pks(conn, who, READ, [stored]):
-            # Outside the token's scopes the resource does not exist for it.
-            raise outcomes.not_found(stored.res_type, stored.res_id)
+            raise await self._refusal(conn, who, stored, "read")
+
+
+def role_grant(policy: Policy, who: Principal) -> RoleGrant | None:
+    """The policy's role table entry for `who` (the patient profile for a patient using their record)."""
+    return policy.patient_grant if who.own_patient else policy.roles.get(who.role)
+
+
+def role_permits(policy: Policy, who: Principal, interaction: str, res_type: str) -> bool:
+    """The role table (consent/policy.json): may `who`'s role do `interaction` on `res_type` at all?
+    Directory data (Organization, Practitioner, …) is readable by every role."""
+    if interaction in {"read", "search"} and res_type in policy.directory_types:
+        return True
+    grant = role_grant(policy, who)
+    return grant is not None and grant.allows(interaction, res_type, policy.governance_types)  # type: ignore[arg-type]
+
+
+def pinned_patient(request: SearchRequest) -> str | None:
+    """The one patient a search is about, when its parameters name exactly one."""
+    for name, value in request.items:
+        base = name.split(":", 1)[0]
+        if "," in value:
+            continue
+        if request.resource_type == "Patient" and base == "_id":
+            return value
+        if base in {"patient", "subject"} and (base == "patient" or value.startswith("Patient/")):
+            return value.removeprefix("Patient/") or None
+    return None
+
+
+def _deny(decision: ConsentDecision) -> FhirError:
+    hint = ""
+    if decision.rule in {"no-relationship", "objection"}:
+        hint = " (in an emergency, repeat the request with an X-Break-Glass-Reason header)"
+    return outcomes.forbidden(decision.rule, decision.reason + hint)
+
+
+def _naive(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _all_types() -> list[str]:

@@ -87,20 +87,21 @@ def settings(database_url: str, sc_home: Path) -> Settings:
 
 
 def truncate_all(database_url: str) -> None:
-    """Empty every store table (between tests that need a clean store)."""
-    from engine.db.schema import metadata
-
-    names = list(metadata.tables)
+    """Empty every table the migrations made (between tests that need a clean store)."""
     if database_url.startswith("postgresql"):
         with psycopg.connect(_pg_conninfo(database_url), autocommit=True) as conn:
-            conn.execute("TRUNCATE " + ", ".join(names) + " RESTART IDENTITY")
+            names = [row[0] for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")]
+            conn.execute("TRUNCATE " + ", ".join(f'"{n}"' for n in names) + " RESTART IDENTITY")
         return
     import sqlite3
 
     path = database_url.split(":///", 1)[1]
     with sqlite3.connect(path) as conn:
+        names = [row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN ('alembic_version', 'sqlite_sequence')")]
         for name in names:
-            conn.execute(f"DELETE FROM {name}")
+            conn.execute(f'DELETE FROM "{name}"')
 
 
 @pytest.fixture
@@ -118,10 +119,13 @@ def dev_key(settings: Settings):  # noqa: ANN201
 
 @pytest.fixture(scope="session")
 def make_token(settings: Settings, dev_key):  # noqa: ANN001, ANN201
-    """make_token(scope='user/*.cruds', role='R8000', org='RR8', patient=None, user='u1') → bearer token."""
+    """make_token(scope="system/*.cruds", role="R8000", org="RR8", patient=None, user="test-user") → bearer token.
+
+    The default is a backend service (SMART system/ scopes: no relationship rules, still audited);
+    pass user/ or patient/ scopes to test what a person may see."""
     from engine.auth import issue_token
 
-    def make(scope: str = "user/*.cruds", *, role: str = "R8000", org: str = "RR8", patient: str | None = None,
+    def make(scope: str = "system/*.cruds", *, role: str = "R8000", org: str = "RR8", patient: str | None = None,
              user: str = "test-user", ttl: int = 3600, **extra: object) -> str:
         return issue_token(dev_key, issuer=settings.auth_issuer, audience=settings.auth_audience, user=user,
                            name="Test User", role=role, org=org, scope=scope, patient=patient, ttl_seconds=ttl,
@@ -132,7 +136,7 @@ def make_token(settings: Settings, dev_key):  # noqa: ANN001, ANN201
 
 @pytest.fixture
 def client(settings: Settings, clean_store: str, make_token) -> Iterator[object]:  # noqa: ANN001
-    """A TestClient on a clean store, authenticated as a clinician with user/*.cruds."""
+    """A TestClient on a clean store, authenticated as a backend service with system/*.cruds."""
     from fastapi.testclient import TestClient
 
     from engine.api.app import create_app

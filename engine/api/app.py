@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -21,10 +22,19 @@ from fastapi.responses import Response
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from consent.policy import check_break_glass_reason
+from consent.vocabulary import BREAK_GLASS
 from engine import outcomes
 from engine.access import AccessGate
 from engine.api import document_routes, ig_routes, transfer_routes
-from engine.auth import AuthError, TokenVerifier, capability_security, public_jwks, smart_configuration
+from engine.auth import (
+    AuthError,
+    Principal,
+    TokenVerifier,
+    capability_security,
+    public_jwks,
+    smart_configuration,
+)
 from engine.config import Settings, load_settings
 from engine.db.database import Database, open_database
 from engine.fhir import negotiation
@@ -118,6 +128,7 @@ async def _handle(request: Request, call: Callable[[FhirRequest], Awaitable[Fhir
                 raise outcomes.unauthorized(exc.code, exc.description, exc.www_authenticate) from None
             raise outcomes.error(exc.status, exc.fhir_issue_type, exc.description, details_code=exc.code) from None
         request.scope["state"]["user_id"] = principal.user_id
+        principal = with_break_glass(principal, request.headers.get("x-break-glass-reason"), state.gate)
         body = b""
         if request.method in {"POST", "PUT", "PATCH"}:
             body = await _read_body(request, state.settings.max_body_bytes)
@@ -125,6 +136,16 @@ async def _handle(request: Request, call: Callable[[FhirRequest], Awaitable[Fhir
         return render(await call(fhir_request))
     except FhirError as error:
         return error_response(error)
+
+
+def with_break_glass(principal: Principal, reason: str | None, gate: AccessGate) -> Principal:
+    """The principal with the request's X-Break-Glass-Reason (purpose of use BTG); 400 if it is trivial."""
+    if reason is None:
+        return principal
+    problem = check_break_glass_reason(reason, gate.policy)
+    if problem:
+        raise outcomes.bad_request(problem, ("X-Break-Glass-Reason",), "break-glass-reason")
+    return replace(principal, break_glass_reason=reason.strip(), purpose_of_use=BREAK_GLASS)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -37,8 +37,10 @@ def add_token_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--user", required=True, help="user id (becomes the sub claim)")
     parser.add_argument("--name", required=True, help="display name of the user")
-    parser.add_argument("--role", required=True, help="national RBAC job role code, e.g. R8000")
-    parser.add_argument("--org", required=True, help="ODS code of the user's organisation, e.g. RR8")
+    parser.add_argument("--role", help="national RBAC job role code, e.g. R8000 (not for --as-patient)")
+    parser.add_argument("--org", help="ODS code of the user's organisation, e.g. RR8 (not for --as-patient)")
+    parser.add_argument("--as-patient", dest="as_patient", action="store_true",
+                        help="the user is the --patient themself (fhirUser Patient/<id>; no role or org)")
     parser.add_argument(
         "--scope",
         required=True,
@@ -74,19 +76,21 @@ def run_token(
 def _mint(args: argparse.Namespace, settings: Settings) -> str:
     scope = " ".join(args.scope)
     _check_request(args, scope, settings)
-    extra = {"purpose_of_use": args.purpose_of_use} if args.purpose_of_use else None
+    extra: dict[str, str] = {"purpose_of_use": args.purpose_of_use} if args.purpose_of_use else {}
+    if args.as_patient:
+        extra["fhirUser"] = f"Patient/{args.patient}"
     return issue_token(
         ensure_dev_key(settings.dev_key_dir),
         issuer=settings.auth_issuer,
         audience=settings.auth_audience,
         user=args.user,
         name=args.name,
-        role=args.role,
-        org=args.org,
+        role=args.role or "",
+        org=args.org or "",
         scope=scope,
         patient=args.patient,
         ttl_seconds=parse_ttl(args.ttl),
-        extra=extra,
+        extra=extra or None,
     )
 
 
@@ -98,9 +102,14 @@ def _check_request(args: argparse.Namespace, scope: str, settings: Settings) -> 
         )
     if not args.user.strip():
         raise TokenRequestError("--user must not be empty")
-    if not ROLE_CODE_RE.match(args.role):
+    if args.as_patient:
+        if not args.patient:
+            raise TokenRequestError("--as-patient needs --patient (the patient using the token)")
+        if args.role or args.org:
+            raise TokenRequestError("--as-patient tokens carry no --role or --org")
+    elif not args.role or not ROLE_CODE_RE.match(args.role):
         raise TokenRequestError(f"--role {args.role!r} is not an RBAC job role code (R followed by 4 digits, e.g. R8000)")
-    if not _ODS_CODE_RE.match(args.org):
+    elif not args.org or not _ODS_CODE_RE.match(args.org):
         raise TokenRequestError(f"--org {args.org!r} does not look like an ODS code (e.g. RR8, A81001)")
     scopes, rejected = parse_scopes(scope)
     if rejected:

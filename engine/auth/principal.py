@@ -22,6 +22,7 @@ from typing import Any
 from engine.auth.scopes import QueryParams, RejectedScope, Scope, parse_scopes, scope_filters, scopes_permit
 
 ROLE_CODE_RE = re.compile(r"^R\d{4}$")
+PATIENT_ROLE = "patient"  # the role of a patient using their own record (SMART fhirUser Patient/<id>)
 
 
 class ClaimsError(ValueError):
@@ -53,6 +54,22 @@ class Principal:
     claims: Mapping[str, Any] = field(compare=False, repr=False)
     role_profile_id: str | None = None
     ignored_scopes: tuple[RejectedScope, ...] = ()
+    # SMART `fhirUser`: "Patient/<id>" when the user is that patient (a patient-facing app).
+    fhir_user: str | None = None
+    # The request's X-Break-Glass-Reason (purpose of use BTG), set per request by the HTTP layer.
+    break_glass_reason: str | None = None
+
+    @property
+    def own_patient(self) -> str | None:
+        """The patient this user is (fhirUser Patient/<id> matching the launch patient), else None."""
+        if self.patient and self.fhir_user == f"Patient/{self.patient}":
+            return self.patient
+        return None
+
+    @property
+    def is_system(self) -> bool:
+        """A backend service (only system/ scopes): no person and no patient in the loop."""
+        return bool(self.scopes) and all(s.context == "system" for s in self.scopes)
 
     def permits(self, interaction: str, resource_type: str) -> bool:
         """`scopes_permit` over this principal's scopes."""
@@ -73,14 +90,17 @@ def claims_to_principal(claims: Mapping[str, Any]) -> Principal:
     if not user_id:
         raise ClaimsError("missing-user", "token names no user (sub or nhsid_useruid)")
     role = _text(claims, "role") or _rbac_job_role(cis2_role)
+    patient = _text(claims, "patient")
+    fhir_user = _text(claims, "fhirUser")
+    if not role and patient and fhir_user == f"Patient/{patient}":
+        role = PATIENT_ROLE  # the patient themself: no RBAC job role
     if not role:
         raise ClaimsError("missing-role", _missing_role_reason(claims))
-    if not ROLE_CODE_RE.match(role):
+    if role != PATIENT_ROLE and not ROLE_CODE_RE.match(role):
         raise ClaimsError("bad-role", f"role {role!r} is not an RBAC job role code like R8000")
     expires_at = claims.get("exp")
     if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
         raise ClaimsError("missing-claim", "token has no numeric exp")
-    patient = _text(claims, "patient")
     scopes, ignored = _effective_scopes(claims.get("scope"), patient)
     return Principal(
         user_id=user_id,
@@ -94,6 +114,7 @@ def claims_to_principal(claims: Mapping[str, Any]) -> Principal:
         claims=_freeze(claims),
         role_profile_id=_text(claims, "role_profile_id") or _text(claims, "selected_roleid"),
         ignored_scopes=ignored,
+        fhir_user=fhir_user,
     )
 
 

@@ -75,7 +75,7 @@ resource_versions = Table(
 )
 
 
-def _index_table(
+def index_table(
     name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...], pattern_ops: tuple[str, ...] = ()
 ) -> Table:
     table = Table(
@@ -97,7 +97,7 @@ def _index_table(
 
 # Strings are matched on `value` (lower-cased, accents and punctuation folded: the FHIR default
 # "starts with, case and accent insensitive") and on `exact` for the :exact modifier.
-idx_string = _index_table(
+idx_string = index_table(
     "idx_string",
     Column("value", String(256), nullable=False),
     Column("exact", String(256), nullable=False),
@@ -106,7 +106,7 @@ idx_string = _index_table(
 )
 
 # Codings, Identifiers, ContactPoints, codes and booleans. `system` is '' when absent.
-idx_token = _index_table(
+idx_token = index_table(
     "idx_token",
     Column("system", String(256), nullable=False, default=""),
     Column("code", String(256), nullable=False),
@@ -115,7 +115,7 @@ idx_token = _index_table(
 )
 
 # A date, dateTime, instant, Period or Timing as the closed interval [low, high].
-idx_date = _index_table(
+idx_date = index_table(
     "idx_date",
     Column("low", DateTime(timezone=False), nullable=True),
     Column("high", DateTime(timezone=False), nullable=True),
@@ -124,7 +124,7 @@ idx_date = _index_table(
 
 # Literal references: `target_type`/`target_id` for relative and local absolute ones,
 # `url` for absolute references to other servers and canonical URLs.
-idx_reference = _index_table(
+idx_reference = index_table(
     "idx_reference",
     Column("target_type", String(64), nullable=True),
     Column("target_id", String(64), nullable=True),
@@ -136,7 +136,7 @@ idx_reference = _index_table(
     ),
 )
 
-idx_quantity = _index_table(
+idx_quantity = index_table(
     "idx_quantity",
     Column("system", String(256), nullable=False, default=""),
     Column("code", String(64), nullable=False, default=""),
@@ -144,16 +144,29 @@ idx_quantity = _index_table(
     indexes=(("res_type", "param", "code", "value"), ("res_type", "param", "value")),
 )
 
-idx_number = _index_table(
+idx_number = index_table(
     "idx_number",
     Column("value", Float, nullable=False),
     indexes=(("res_type", "param", "value"),),
 )
 
-idx_uri = _index_table(
+idx_uri = index_table(
     "idx_uri",
     Column("value", String(512), nullable=False),
     indexes=(("res_type", "param", "value"),),
+)
+
+# Not a search index: which organisations have a legitimate relationship with which patient
+# (UK-REFERENCE §4), derived from stored resources by `consent.relationships.relationships_from`
+# and rebuilt with the search index on every write, so it is never out of step with the record.
+# `param` holds the relationship kind, `org` an ODS code or "Organization/<id>", `low`/`high` the period.
+care_relationships = index_table(
+    "care_relationships",
+    Column("patient_id", String(64), nullable=False),
+    Column("org", String(128), nullable=False),
+    Column("low", DateTime(timezone=False), nullable=True),
+    Column("high", DateTime(timezone=False), nullable=True),
+    indexes=(("org", "patient_id"), ("patient_id",)),
 )
 
 INDEX_TABLES: dict[str, Table] = {
@@ -164,4 +177,5 @@ INDEX_TABLES: dict[str, Table] = {
     "quantity": idx_quantity,
     "number": idx_number,
     "uri": idx_uri,
+    "relationship": care_relationships,
 }

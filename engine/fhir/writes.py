@@ -104,7 +104,7 @@ async def create(
         if matches:
             existing = await repository.read(conn, res_type, matches[0])
             return WriteResult(existing, 200, outcome=outcomes.informational("Matched an existing resource"))
-    resource = {k: v for k, v in resource.items() if k != "id"}
+    resource = gate.prepare(who, {k: v for k, v in resource.items() if k != "id"})
     stored = await repository.create(conn, resource, now=now, res_id=res_id)
     await gate.check_change(conn, who, CREATE, stored)
     return WriteResult(stored, 201, created=True)
@@ -130,7 +130,8 @@ async def update(
     elif not current.deleted and current.pk not in await gate.permitted_pks(conn, who, UPDATE, [current]):
         raise outcomes.not_found(res_type, res_id)
     try:
-        stored, created = await repository.update(conn, resource, now=now, res_id=res_id, if_match=if_match)
+        stored, created = await repository.update(conn, gate.prepare(who, resource), now=now, res_id=res_id,
+                                                  if_match=if_match)
     except VersionConflict as exc:
         raise outcomes.precondition_failed(
             f"Version {exc.expected} is not the current version of {res_type}/{res_id} (it is {exc.current})"

@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from consent.relationships import relationships_from
 from engine.search.fhirpath import Item
 from engine.search.normalise import (
     MAX_STRING,
@@ -28,7 +29,7 @@ from engine.search.normalise import (
 )
 from engine.search.registry import SUPPORTED_TYPES, SearchParam, params_for
 
-INDEX_KINDS = ("string", "token", "date", "reference", "quantity", "number", "uri")
+INDEX_KINDS = ("string", "token", "date", "reference", "quantity", "number", "uri", "relationship")
 """The index tables, named by search parameter type (engine.db.schema.INDEX_TABLES)."""
 
 Row = dict[str, Any]
@@ -362,7 +363,22 @@ def extract_index(resource: Mapping[str, Any]) -> dict[str, list[Row]]:
         items = param.evaluator(resource)
         if items:
             rows[param.type].extend(_ROWS[param.type](param.code, items))
+    rows["relationship"] = relationship_rows(resource)
     return rows
+
+
+def relationship_rows(resource: Mapping[str, Any]) -> list[Row]:
+    """Care relationships `resource` establishes (`consent.relationships`), as rows of
+    care_relationships {param (the kind), patient_id, org, low, high} in naive UTC."""
+    patient = patient_compartment(resource)
+    return [{"param": r.kind, "patient_id": r.patient_id, "org": r.org, "low": _naive_utc(r.start),
+             "high": _naive_utc(r.end)} for r in relationships_from(resource, patient) if r.patient_id]
+
+
+def _naive_utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def patient_compartment(resource: Mapping[str, Any], local_bases: Collection[str] = ()) -> str | None:

@@ -103,6 +103,8 @@ class SearchPage:
     next_cursor: str | None = None
     prev_cursor: str | None = None
     included: list[ResourceRow] = field(default_factory=list)
+    # Some matches were withheld by policy (the Bundle says so; it never says how many).
+    withheld: bool = False
 
 
 _ROW_COLUMNS = (
@@ -444,6 +446,19 @@ async def _total(
         return rows
     stmt = _restricted(_count_statement(req.resource_type, skeleton, True), restriction)
     return (await conn.execute(stmt, values)).scalar_one()
+
+
+async def match_flags(
+    conn: AsyncConnection, req: SearchRequest, clauses: Sequence[ColumnElement[bool]]
+) -> list[bool]:
+    """For each of `clauses`: does any resource matching `req`'s criteria satisfy it? (one statement)"""
+    if not clauses:
+        return []
+    values: dict[str, Any] = {}
+    where = _where(resources, req.resource_type, _skeleton(req.criteria, values))
+    stmt = select(*(exists().where(where, clause).label(f"f{i}") for i, clause in enumerate(clauses)))
+    row = (await conn.execute(stmt, values)).one()
+    return [bool(flag) for flag in row]
 
 
 def _restricted(stmt: Select[Any], restriction: ColumnElement[bool] | None) -> Select[Any]:

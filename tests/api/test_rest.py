@@ -21,6 +21,11 @@ def patient(family: str = "Smith", nhs: str = "9912003888", **extra: Any) -> dic
     }
 
 
+# Registered with the test token's organisation (RR8): a legitimate relationship for its users.
+REGISTERED_AT_RR8 = {"generalPractitioner": [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code",
+                                                           "value": "RR8"}}]}
+
+
 def observation(patient_id: str, value: float = 70.0, when: str = "2025-01-01T10:00:00Z") -> dict[str, Any]:
     return {
         "resourceType": "Observation",
@@ -74,7 +79,7 @@ def test_requests_without_a_token_get_401_with_a_challenge(client) -> None:  # n
 
 def test_scopes_are_enforced_per_interaction_and_type(client, make_token) -> None:  # noqa: ANN001
     reader = {"Authorization": f"Bearer {make_token('user/Patient.rs')}"}
-    created = post(client, "Patient", patient())
+    created = post(client, "Patient", patient(**REGISTERED_AT_RR8))
     assert client.get(f"/fhir/Patient/{created.json()['id']}", headers=reader).status_code == 200
     denied = client.post("/fhir/Patient", json=patient(), headers={**reader, "Content-Type": FHIR})
     assert denied.status_code == 403
@@ -83,8 +88,8 @@ def test_scopes_are_enforced_per_interaction_and_type(client, make_token) -> Non
 
 
 def test_patient_scoped_token_sees_only_its_patient(client, make_token) -> None:  # noqa: ANN001
-    mine = post(client, "Patient", patient("Mine")).json()["id"]
-    other = post(client, "Patient", patient("Other", nhs="9449305552")).json()["id"]
+    mine = post(client, "Patient", patient("Mine", **REGISTERED_AT_RR8)).json()["id"]
+    other = post(client, "Patient", patient("Other", nhs="9449305552", **REGISTERED_AT_RR8)).json()["id"]
     post(client, "Observation", observation(mine))
     post(client, "Observation", observation(other))
     headers = {"Authorization": f"Bearer {make_token('patient/*.rs', patient=mine)}"}

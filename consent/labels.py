@@ -1,0 +1,44 @@
+"""Security labelling from code lists (UK-REFERENCE §5): which `meta.security` codings a resource calls for.
+
+Ingest applies them (`apply_labels`) so that the gate decides on labels alone and never re-reads codes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from consent.model import resource_codes
+from consent.policy import Policy, normal_coding
+
+
+def sensitivity_labels(document: Mapping[str, Any], policy: Policy) -> list[dict[str, str]]:
+    """The meta.security codings the policy's sensitive code lists call for (e.g. ICD-10 F32 → v3-ActCode
+    PSY), plus the policy's confidentiality label (v3-Confidentiality R) when any applies; sorted by
+    (system, code), without duplicates."""
+    codes = {normal_coding(coding, policy) for coding in resource_codes(document)}
+    found = {
+        (code_list.label["system"], code_list.label["code"]): dict(code_list.label)
+        for code_list in policy.code_lists
+        if any(code_list.matches(system, code) for system, code in codes)
+    }
+    if found:
+        confidentiality = policy.confidentiality_label
+        found.setdefault((confidentiality["system"], confidentiality["code"]), dict(confidentiality))
+    return [found[key] for key in sorted(found)]
+
+
+def apply_labels(document: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    """A copy of `document` with `sensitivity_labels` merged into `meta.security`: existing labels kept in
+    their order, new ones appended in sorted order, nothing added twice (idempotent)."""
+    labelled = copy.deepcopy(dict(document))
+    meta = labelled.setdefault("meta", {})
+    security = list(meta.get("security") or [])
+    present = {(c.get("system"), c.get("code")) for c in security if isinstance(c, Mapping)}
+    additions = [c for c in sensitivity_labels(document, policy) if (c["system"], c["code"]) not in present]
+    if additions:
+        meta["security"] = security + additions
+    elif not meta:
+        del labelled["meta"]
+    return labelled
