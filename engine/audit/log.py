@@ -1,0 +1,308 @@
+"""Writing and verifying the hash-chained audit log.
+
+Each row's hash is sha256 over the previous row's hash, its seq and the canonical JSON of its
+record (`chain_hash`); the single-row `audit_chain_head` holds the last seq and hash. Appending
+takes the chain lock (PostgreSQL: a transaction-scoped advisory lock; SQLite: the write
+transaction, which begins IMMEDIATE, already serialises writers), reads the head, inserts the rows
+and moves the head — all inside the caller's transaction, so the audit commits with what it audits.
+
+`AuditWriter` is the group commit for reads (DESIGN.md principle 3): concurrent requests queue
+their records and wait; one background task commits everything queued in one write transaction
+(one lock, one commit) and only then releases the waiters. A caller is never answered before its
+record is durable; if the commit fails every waiter gets the exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine.audit.events import AuditRecord, record_bytes, record_from_json
+from engine.audit.schema import GENESIS_HASH, audit_chain_head, audit_entities, audit_log, audit_patients
+from engine.db import repository
+from engine.db.database import Database
+
+log = logging.getLogger("sharedcare.audit")
+
+CHAIN_LOCK = "audit-chain"
+_HEAD_ID = 1
+
+
+def chain_hash(prev_hash: str, seq: int, record: bytes) -> str:
+    """sha256(prev_hash ‖ seq ‖ canonical record JSON), hex."""
+    return hashlib.sha256(prev_hash.encode() + b"\n" + str(seq).encode() + b"\n" + record).hexdigest()
+
+
+def entity_key(reference: str) -> str:
+    """The indexed form of an entity reference: `Type/id` without a `/_history/n` suffix."""
+    return "/".join(reference.split("/")[:2])
+
+
+def indexed_columns(record: AuditRecord) -> dict[str, Any]:
+    """The columns of `audit_log` copied from a record for searching (verify re-derives them)."""
+    return {
+        "recorded": record.recorded, "kind": record.kind, "user_id": record.user_id, "role": record.role,
+        "org": record.org, "purpose": record.purpose, "action": record.action, "subtype": record.subtype,
+        "outcome": record.outcome, "break_glass": record.break_glass,
+    }
+
+
+async def _head(conn: AsyncConnection) -> tuple[int, str] | None:
+    row = (await conn.execute(select(audit_chain_head.c.seq, audit_chain_head.c.hash)
+                              .where(audit_chain_head.c.id == _HEAD_ID))).first()
+    return (int(row.seq), row.hash) if row else None
+
+
+async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[int]:
+    """Append `records` to the chain inside the caller's open write transaction; their seqs.
+
+    Commit (or roll back) is the caller's: the audit stands or falls with the data it audits.
+    """
+    if not records:
+        return []
+    await repository.lock_for(conn, CHAIN_LOCK)
+    head = await _head(conn)
+    seq, prev = head or (0, GENESIS_HASH)
+    rows, patients, entities = [], [], []
+    for record in records:
+        seq += 1
+        body = record_bytes(record)
+        digest = chain_hash(prev, seq, body)
+        rows.append({"seq": seq, **indexed_columns(record), "record": body.decode(), "prev_hash": prev,
+                     "hash": digest})
+        patients += [{"patient_id": p, "seq": seq} for p in record.patient_ids]
+        entities += [{"reference": e, "seq": seq} for e in dict.fromkeys(map(entity_key, record.entities))]
+        prev = digest
+    await conn.execute(insert(audit_log), rows)
+    if patients:
+        await conn.execute(insert(audit_patients), patients)
+    if entities:
+        await conn.execute(insert(audit_entities), entities)
+    if head is None:
+        await conn.execute(insert(audit_chain_head).values(id=_HEAD_ID, seq=seq, hash=prev))
+    else:
+        await conn.execute(update(audit_chain_head).where(audit_chain_head.c.id == _HEAD_ID)
+                           .values(seq=seq, hash=prev))
+    return [row["seq"] for row in rows]
+
+
+# -- group commit ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Waiter:
+    records: Sequence[AuditRecord]
+    done: asyncio.Future[list[int]]
+
+
+class AuditWriterStopped(RuntimeError):
+    """`record` was called on a writer that is not running."""
+
+
+class AuditWriter:
+    """Group commit of audit records: `await writer.record(records)` returns once they are committed.
+
+        writer = AuditWriter(db)
+        writer.start()            # in the application's lifespan, inside the running event loop
+        await writer.record([r])  # before the response is sent; raises if the commit failed
+        await writer.stop()       # commits what is queued, then ends the task
+    """
+
+    def __init__(self, db: Database, *, max_batch: int = 2000) -> None:
+        self.db = db
+        self.max_batch = max_batch
+        self._queue: deque[_Waiter] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.commits = 0  # transactions committed (for tests and metrics)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._stopping
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._stopping = False
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
+
+    async def stop(self) -> None:
+        """Commit everything already queued, then stop; later `record` calls raise."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        await self._task
+        self._task = None
+
+    async def record(self, records: Sequence[AuditRecord]) -> list[int]:
+        """Queue `records` and wait until they are committed; their seqs. Raises what the commit raised."""
+        if not records:
+            return []
+        if not self.running:
+            raise AuditWriterStopped("the audit writer is not running")
+        waiter = _Waiter(records, asyncio.get_running_loop().create_future())
+        self._queue.append(waiter)
+        self._wake.set()
+        # shield: a caller that gives up still has its record committed (it may have seen data).
+        return await asyncio.shield(waiter.done)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                await self._commit(self._take_batch())
+            if self._stopping:
+                return
+
+    def _take_batch(self) -> list[_Waiter]:
+        batch, size = [], 0
+        while self._queue and (not batch or size + len(self._queue[0].records) <= self.max_batch):
+            waiter = self._queue.popleft()
+            batch.append(waiter)
+            size += len(waiter.records)
+        return batch
+
+    async def _commit(self, batch: list[_Waiter]) -> None:
+        records = [r for waiter in batch for r in waiter.records]
+        try:
+            async with self.db.write() as conn:
+                seqs = await append(conn, records)
+        except Exception as exc:  # every waiter gets the failure; the writer carries on
+            log.error("audit commit failed", exc_info=exc, extra={"fields": {"records": len(records)}})
+            for waiter in batch:
+                if not waiter.done.done():
+                    waiter.done.set_exception(exc)
+            return
+        self.commits += 1
+        start = 0
+        for waiter in batch:
+            if not waiter.done.done():
+                waiter.done.set_result(seqs[start:start + len(waiter.records)])
+            start += len(waiter.records)
+
+
+async def record_now(db: Database, records: Sequence[AuditRecord], writer: AuditWriter | None = None) -> list[int]:
+    """Commit `records` through `writer` when it runs, else in a transaction of their own."""
+    if writer is not None and writer.running:
+        return await writer.record(records)
+    async with db.write() as conn:
+        return await append(conn, records)
+
+
+# -- verification ----------------------------------------------------------------------------------
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found: `breaks` lists each inconsistency; an intact chain has none."""
+
+    checked: int = 0
+    head_seq: int | None = None
+    head_hash: str | None = None
+    breaks: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaks
+
+    def text(self) -> str:
+        lines = [f"audit log: {self.checked} records checked; head seq {self.head_seq} hash {self.head_hash}"]
+        lines += [f"BREAK: {b}" for b in self.breaks]
+        lines.append("chain intact" if self.ok else f"chain BROKEN ({len(self.breaks)} problems)")
+        return "\n".join(lines)
+
+
+async def verify(conn: AsyncConnection, *, batch: int = 1000) -> VerifyReport:
+    """Walk the chain from seq 1: detect edited rows (hash or copied columns disagree with the record),
+    deleted rows (a seq gap or a broken link), inserted rows (a link or hash that does not fit) and a
+    deleted tail (the head names a seq or hash the last row does not have)."""
+    report = VerifyReport()
+    head = await _head(conn)
+    report.head_seq, report.head_hash = head if head else (None, None)
+    expected_seq, prev = 1, GENESIS_HASH
+    last = 0
+    while True:
+        rows = (await conn.execute(select(audit_log).where(audit_log.c.seq > last)
+                                   .order_by(audit_log.c.seq).limit(batch))).all()
+        if not rows:
+            break
+        children = await _children(conn, rows[0].seq, rows[-1].seq)
+        for orphan in sorted(set(children) - {row.seq for row in rows}):
+            report.breaks.append(f"seq {orphan}: patient/entity index rows for a record that does not exist")
+        for row in rows:
+            _check_row(row, expected_seq, prev, children, report)
+            expected_seq, prev = row.seq + 1, row.hash
+            report.checked += 1
+        last = rows[-1].seq
+    _check_head(head, last, prev, report)
+    for table in (audit_patients, audit_entities):
+        beyond = (await conn.execute(select(func.count()).select_from(table).where(table.c.seq > last))).scalar()
+        if beyond:
+            report.breaks.append(f"{table.name}: {beyond} index rows after the last record")
+    return report
+
+
+async def verify_database(db: Database) -> VerifyReport:
+    """`verify` over one consistent snapshot (REPEATABLE READ on PostgreSQL; SQLite reads are snapshots)."""
+    options = {"isolation_level": "REPEATABLE READ"} if db.is_postgres else {}
+    async with db.engine.connect() as conn:
+        conn = await conn.execution_options(**options)
+        async with conn.begin():
+            return await verify(conn)
+
+
+def _check_row(row: Any, expected_seq: int, prev: str, children: dict[int, tuple[set[str], set[str]]],
+               report: VerifyReport) -> None:
+    if row.seq != expected_seq:
+        report.breaks.append(f"seq {expected_seq}–{row.seq - 1} missing (deleted records)"
+                             if row.seq > expected_seq else f"seq {row.seq} out of order")
+    if row.prev_hash != prev:
+        report.breaks.append(f"seq {row.seq}: prev_hash does not link to the record before it")
+    if chain_hash(row.prev_hash, row.seq, row.record.encode()) != row.hash:
+        report.breaks.append(f"seq {row.seq}: hash does not match its content (edited)")
+        return
+    try:
+        record = record_from_json(orjson.loads(row.record))
+    except (ValueError, TypeError, KeyError) as exc:
+        report.breaks.append(f"seq {row.seq}: record unreadable ({type(exc).__name__})")
+        return
+    stored = {name: getattr(row, name) for name in indexed_columns(record)}
+    if stored != indexed_columns(record):
+        report.breaks.append(f"seq {row.seq}: indexed columns disagree with the hashed record (edited)")
+    patients, entities = children.get(row.seq, (set(), set()))
+    if patients != set(record.patient_ids) or entities != {entity_key(e) for e in record.entities}:
+        report.breaks.append(f"seq {row.seq}: patient/entity index disagrees with the hashed record (edited)")
+
+
+def _check_head(head: tuple[int, str] | None, last: int, prev: str, report: VerifyReport) -> None:
+    if head is None:
+        if last:
+            report.breaks.append("the chain head is missing")
+        return
+    if head[0] != last or head[1] != prev:
+        if head[0] > last:
+            report.breaks.append(f"head names seq {head[0]} but the log ends at {last} (tail deleted)")
+        else:
+            report.breaks.append(f"head (seq {head[0]}) does not match the last record (seq {last})")
+
+
+async def _children(conn: AsyncConnection, low: int, high: int) -> dict[int, tuple[set[str], set[str]]]:
+    found: dict[int, tuple[set[str], set[str]]] = {}
+    for table, column, slot in ((audit_patients, audit_patients.c.patient_id, 0),
+                                (audit_entities, audit_entities.c.reference, 1)):
+        result = await conn.execute(select(table.c.seq, column).where(table.c.seq.between(low, high)))
+        for seq, value in result.all():
+            found.setdefault(seq, (set(), set()))[slot].add(value)
+    return found
