@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlencode
 
 import orjson
 from sqlalchemy import ColumnElement, and_, false, or_, select
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.decide import decide, decide_patient
 from consent.labels import apply_labels
-from consent.model import AccessRequest, Requester, ResourceFacts
+from consent.model import AccessRequest, Requester, ResourceFacts, patient_of
 from consent.model import Decision as ConsentDecision
 from consent.policy import Policy, RoleGrant, check_break_glass_reason, load_policy
 from consent.vocabulary import BREAK_GLASS, OWNER_TAG_SYSTEM, TREATMENT, owner_tag
@@ -49,6 +50,8 @@ from engine.access_data import (
     visible,
     withheld_by_label,
 )
+from engine.audit.events import MINOR_FAILURE, SERIOUS_FAILURE, AuditRecord, break_glass_alert, record_for
+from engine.audit.log import AuditWriter, append, record_now
 from engine.auth import Principal, granting_scopes
 from engine.db import repository
 from engine.db.database import Database
@@ -62,6 +65,9 @@ from engine.search.query import SearchPage, criteria_clause, match_flags, search
 CREATE, READ, UPDATE, DELETE, SEARCH = "c", "r", "u", "d", "s"
 _RBAC_ROLE = re.compile(r"^R\d{4}$")
 _INTERACTION_NAMES = {CREATE: "create", READ: "read", UPDATE: "update", DELETE: "delete", SEARCH: "search"}
+
+
+T = TypeVar("T")
 
 
 class StoredRow(Protocol):
@@ -79,7 +85,7 @@ class Decision:
 
 def decide_interaction(who: Principal, interaction: str, res_type: str) -> Decision:
     """May `who` perform `interaction` on some resources of `res_type`? (pure)"""
-    if not _RBAC_ROLE.match(who.role or ""):
+    if not _RBAC_ROLE.match(who.role or "") and not who.own_patient:
         return Decision(False, "no-role", "The token carries no NHS RBAC role")
     if not granting_scopes(who.scopes, interaction, res_type):
         action = _INTERACTION_NAMES[interaction]
@@ -129,6 +135,8 @@ class AccessGate:
         self.policy = policy or load_policy()
         self.clock = clock
         self.org_keys = OrganisationKeys()
+        # Group commit for reads (set by the application); without it each record commits on its own.
+        self.audit_writer: AuditWriter | None = None
 
     # -- decisions ------------------------------------------------------------------------------
 
@@ -209,17 +217,18 @@ class AccessGate:
         """
         if stored.pk not in await self.permitted_pks(conn, who, interaction, [stored]):
             raise await self._refusal(conn, who, stored, "written")
+        await self.audit_change(conn, who, _INTERACTION_NAMES[interaction], stored)
 
     # -- reads ------------------------------------------------------------------------------------
 
-    async def read(self, who: Principal, res_type: str, res_id: str) -> Stored:
+    async def _read(self, who: Principal, res_type: str, res_id: str) -> Stored:
         self.authorise(who, READ, res_type)
         await self._maybe_break_glass_for(who, res_type, res_id)
         async with self.db.read() as conn:
             stored = await repository.read(conn, res_type, res_id)
             return await self._released_or_missing(conn, who, stored, res_type, res_id)
 
-    async def vread(self, who: Principal, res_type: str, res_id: str, version_id: int) -> Stored:
+    async def _vread(self, who: Principal, res_type: str, res_id: str, version_id: int) -> Stored:
         self.authorise(who, READ, res_type)
         await self._maybe_break_glass_for(who, res_type, res_id)
         async with self.db.read() as conn:
@@ -236,6 +245,20 @@ class AccessGate:
         return stored
 
     async def search(self, who: Principal, request: SearchRequest, conn: AsyncConnection | None = None) -> SearchPage:
+        """A search, audited (a search inside a write, `conn` given, is audited with that write)."""
+        if conn is not None:
+            return await self._search_for(who, request, conn)
+        query = urlencode(request.items)
+        page = await self._audited(who, "search", self._search_for(who, request, None), query=query,
+                                   target=request.resource_type)
+        rows = [*page.rows, *page.included]
+        await self.audit([record_for(who, recorded=self.clock(), subtype="search", query=query,
+                                     patient_ids=tuple(r.patient_id for r in rows if r.patient_id),
+                                     entities=tuple(f"{r.res_type}/{r.res_id}" for r in rows))])
+        return page
+
+    async def _search_for(self, who: Principal, request: SearchRequest,
+                          conn: AsyncConnection | None) -> SearchPage:
         """A search restricted in SQL to what `who` may see; included resources filtered the same way.
 
         A search about one patient (`patient=`, `subject=Patient/…`, `Patient?_id=`) with no
@@ -284,7 +307,7 @@ class AccessGate:
             page = replace(page, included=await self.release(conn, who, page.included))
         return page
 
-    async def history(
+    async def _history(
         self, who: Principal, res_type: str | None, res_id: str | None, *, since: datetime | None,
         at: datetime | None, count: int, after: tuple[datetime, int, int] | None,
     ) -> tuple[HistoryPage, int | None]:
@@ -316,7 +339,7 @@ class AccessGate:
             total = None  # a restricted principal is not told how many versions it cannot see
         return HistoryPage(visible_versions, page.next_cursor), total
 
-    async def everything(
+    async def _everything(
         self, who: Principal, patient_id: str, *, types: Sequence[str] | None, since: datetime | None,
         count: int, after_pk: int | None, snapshot_pk: int | None,
     ) -> tuple[list[Stored], int | None, int]:
@@ -336,6 +359,78 @@ class AccessGate:
             readable = [row for row in page if self._role_allows(who, READ, row.res_type)]
             released = await self.release(conn, who, readable)
         return released, next_pk, snapshot
+
+    # -- audit (IHE BALP; engine/audit) ---------------------------------------------------------------
+
+    async def read(self, who: Principal, res_type: str, res_id: str) -> Stored:
+        stored = await self._audited(who, "read", self._read(who, res_type, res_id), target=f"{res_type}/{res_id}")
+        await self._audit_rows(who, "read", [stored])
+        return stored
+
+    async def vread(self, who: Principal, res_type: str, res_id: str, version_id: int) -> Stored:
+        stored = await self._audited(who, "vread", self._vread(who, res_type, res_id, version_id),
+                                     target=f"{res_type}/{res_id}/_history/{version_id}")
+        await self._audit_rows(who, "vread", [stored], versioned=True)
+        return stored
+
+    async def history(
+        self, who: Principal, res_type: str | None, res_id: str | None, *, since: datetime | None,
+        at: datetime | None, count: int, after: tuple[datetime, int, int] | None,
+    ) -> tuple[HistoryPage, int | None]:
+        target = "/".join(p for p in (res_type, res_id) if p) or None
+        page, total = await self._audited(
+            who, "history", self._history(who, res_type, res_id, since=since, at=at, count=count, after=after),
+            target=target)
+        await self._audit_rows(who, "history", [v for v in page.versions if not v.deleted], versioned=True)
+        return page, total
+
+    async def everything(
+        self, who: Principal, patient_id: str, *, types: Sequence[str] | None, since: datetime | None,
+        count: int, after_pk: int | None, snapshot_pk: int | None,
+    ) -> tuple[list[Stored], int | None, int]:
+        result = await self._audited(
+            who, "operation", self._everything(who, patient_id, types=types, since=since, count=count,
+                                               after_pk=after_pk, snapshot_pk=snapshot_pk),
+            target=f"Patient/{patient_id}", operation="$everything")
+        await self._audit_rows(who, "operation", result[0], operation="$everything", patients=(patient_id,))
+        return result
+
+    async def audit(self, records: Sequence[AuditRecord]) -> None:
+        """Commit `records` before the caller answers (group commit when the application runs one)."""
+        await record_now(self.db, records, self.audit_writer)
+
+    async def audit_change(self, conn: AsyncConnection, who: Principal, subtype: str, stored: Stored) -> None:
+        """Audit a write in its own transaction: the record commits with the data, or neither does."""
+        patient = _patient_of(stored)
+        await append(conn, [record_for(who, recorded=self.clock(), subtype=subtype,
+                                       patient_ids=(patient,) if patient else (),
+                                       entities=(f"{stored.res_type}/{stored.res_id}/_history/{stored.version_id}",))])
+
+    async def audit_refusal(self, who: Principal, subtype: str, target: str | None, error: FhirError,
+                            *, query: str | None = None, operation: str | None = None) -> None:
+        """Audit an interaction that was refused or failed (BALP outcome 4 minor failure, 8 serious)."""
+        code = _error_code(error)
+        denied = code if error.status in {401, 403} else None
+        await self.audit([record_for(
+            who, recorded=self.clock(), subtype=subtype, outcome=MINOR_FAILURE if error.status < 500 else SERIOUS_FAILURE,
+            entities=(target,) if target and "/" in target else (), query=query, operation=operation,
+            patient_ids=(target.removeprefix("Patient/"),) if target and target.startswith("Patient/") else (),
+            denied_reason=denied, failure=None if denied else f"{error.status} {code}")])
+
+    async def _audited(self, who: Principal, subtype: str, work: Awaitable[T], *, target: str | None,
+                       query: str | None = None, operation: str | None = None) -> T:
+        try:
+            return await work
+        except FhirError as error:
+            await self.audit_refusal(who, subtype, target, error, query=query, operation=operation)
+            raise
+
+    async def _audit_rows(self, who: Principal, subtype: str, rows: Sequence[Stored], *, versioned: bool = False,
+                          operation: str | None = None, patients: tuple[str, ...] = ()) -> None:
+        found = [p for p in (_patient_of(r) for r in rows) if p]
+        refs = tuple(f"{r.res_type}/{r.res_id}" + (f"/_history/{r.version_id}" if versioned else "") for r in rows)
+        await self.audit([record_for(who, recorded=self.clock(), subtype=subtype, operation=operation,
+                                     patient_ids=(*patients, *found), entities=refs)])
 
     # -- break-glass ----------------------------------------------------------------------------
 
@@ -357,6 +452,9 @@ class AccessGate:
                 await grant_break_glass(conn, user_id=who.user_id, patient_id=patient_id, org=who.org,
                                         role=who.role, reason=who.break_glass_reason, now=now,
                                         time_box=self.policy.break_glass.time_box)
+                access = record_for(who, recorded=now, subtype="read", patient_ids=(patient_id,),
+                                    entities=(f"Patient/{patient_id}",))
+                await append(conn, [break_glass_alert(access)])
 
     async def _grant_active(self, conn: AsyncConnection, user_id: str, patient_id: str, now: datetime) -> bool:
         contexts = await load_contexts(conn, [patient_id], user_id=user_id, orgs=frozenset(), now=_naive(now),
@@ -514,6 +612,18 @@ def _deny(decision: ConsentDecision) -> FhirError:
     if decision.rule in {"no-relationship", "objection"}:
         hint = " (in an emergency, repeat the request with an X-Break-Glass-Reason header)"
     return outcomes.forbidden(decision.rule, decision.reason + hint)
+
+
+def _patient_of(row: Stored) -> str | None:
+    known = getattr(row, "patient_id", None)
+    if known or not row.content:
+        return known
+    return patient_of(orjson.loads(row.content))
+
+
+def _error_code(error: FhirError) -> str:
+    issue = error.issues[0] if error.issues else None
+    return (issue.details_code or issue.code) if issue else "error"
 
 
 def _naive(moment: datetime) -> datetime:

@@ -27,6 +27,7 @@ from consent.vocabulary import BREAK_GLASS
 from engine import outcomes
 from engine.access import AccessGate
 from engine.api import document_routes, ig_routes, transfer_routes
+from engine.audit.log import AuditWriter
 from engine.auth import (
     AuthError,
     Principal,
@@ -57,6 +58,8 @@ class State:
         self.settings = settings
         self.db = db
         self.gate = AccessGate(db)
+        # Reads are audited through one group-committing writer per process (engine/audit).
+        self.audit_writer = self.gate.audit_writer = AuditWriter(db)
         self.service = FhirService(db, self.gate, max_body_bytes=settings.max_body_bytes,
                                    default_count=settings.default_page_size, max_count=settings.max_page_size)
         self.verifier = TokenVerifier(settings)
@@ -85,12 +88,14 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         if not logging.getLogger("sharedcare").handlers:
             configure_logging()  # uvicorn worker processes start without the CLI's logging set-up
         database = db or open_database(settings.database_url)
-        app.state.sharedcare = State(settings, database)
+        state = app.state.sharedcare = State(settings, database)
+        state.audit_writer.start()
         log.info("ready", extra={"fields": {"base_url": settings.base_url,
                                             "key_source": app.state.sharedcare.verifier.key_source}})
         try:
             yield
         finally:
+            await state.audit_writer.stop()
             if db is None:
                 await database.dispose()
 

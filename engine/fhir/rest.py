@@ -11,7 +11,7 @@ https://hl7.org/fhir/R4/http.html
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,7 @@ from engine.db.repository import Stored, format_instant, utc_now
 from engine.fhir import negotiation, writes
 from engine.fhir.bundles import Entry, bundle_bytes, resource_summary, resource_with_elements
 from engine.fhir.negotiation import FHIR_JSON
+from engine.outcomes import FhirError
 from engine.search.normalise import parse_fhir_date_range
 from engine.search.params import SearchError, SearchRequest, parse_search
 from engine.search.registry import SUPPORTED_TYPES
@@ -64,6 +65,14 @@ class FhirResponse:
 _CONTROL_PARAMS = {"_format", "_pretty", "_totalMethod"}
 
 
+# A search that matched data the requester may not see says so, never how much (https://hl7.org/fhir/R4/
+# search.html#errors: an OperationOutcome entry with search.mode "outcome").
+WITHHELD_OUTCOME = orjson.dumps(outcomes.operation_outcome([outcomes.OutcomeIssue(
+    code="suppressed", severity="information", details_code="withheld-by-policy",
+    diagnostics="Some results were withheld by policy (the patient's sharing preferences or the data's "
+                "sensitivity)")]))
+
+
 class FhirService:
     """The FHIR interactions over one store, gate and configuration."""
 
@@ -99,6 +108,8 @@ class FhirService:
             links.append(("previous", _link(base, request.items, page.prev_cursor)))
         entries = [self._search_entry(req, row, "match", request) for row in page.rows]
         entries += [self._search_entry(req, row, "include", None) for row in page.included]
+        if page.withheld:
+            entries.append(Entry({"search": {"mode": "outcome"}}, WITHHELD_OUTCOME))
         body = bundle_bytes("searchset", entries, total=page.total, links=links)
         return FhirResponse(200, body)
 
@@ -181,6 +192,9 @@ class FhirService:
     # -- writes -------------------------------------------------------------------------------
 
     async def create(self, req: FhirRequest, res_type: str) -> FhirResponse:
+        return await self._refusal_audited(req, "create", res_type, self._create(req, res_type))
+
+    async def _create(self, req: FhirRequest, res_type: str) -> FhirResponse:
         writes.check_type(res_type)
         body = negotiation.parse_body(req.header("content-type"), req.body, self.max_body_bytes)
         resource = writes.validated(body, res_type)
@@ -191,6 +205,9 @@ class FhirService:
         return self._write_response(req, result)
 
     async def update(self, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
+        return await self._refusal_audited(req, "update", f"{res_type}/{res_id}", self._update(req, res_type, res_id))
+
+    async def _update(self, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
         writes.check_type(res_type)
         body = negotiation.parse_body(req.header("content-type"), req.body, self.max_body_bytes)
         resource = writes.validated(body, res_type)
@@ -201,6 +218,9 @@ class FhirService:
         return self._write_response(req, result)
 
     async def conditional_update(self, req: FhirRequest, res_type: str) -> FhirResponse:
+        return await self._refusal_audited(req, "update", res_type, self._conditional_update(req, res_type))
+
+    async def _conditional_update(self, req: FhirRequest, res_type: str) -> FhirResponse:
         writes.check_type(res_type)
         criteria = urlencode([(k, v) for k, v in req.query if k not in _CONTROL_PARAMS])
         body = negotiation.parse_body(req.header("content-type"), req.body, self.max_body_bytes)
@@ -212,12 +232,18 @@ class FhirService:
         return self._write_response(req, result)
 
     async def delete(self, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
+        return await self._refusal_audited(req, "delete", f"{res_type}/{res_id}", self._delete(req, res_type, res_id))
+
+    async def _delete(self, req: FhirRequest, res_type: str, res_id: str) -> FhirResponse:
         writes.check_type(res_type)
         async with self.db.write() as conn:
             result = await writes.delete(conn, self.gate, req.principal, res_type, res_id, now=utc_now())
         return _delete_response(result)
 
     async def conditional_delete(self, req: FhirRequest, res_type: str) -> FhirResponse:
+        return await self._refusal_audited(req, "delete", res_type, self._conditional_delete(req, res_type))
+
+    async def _conditional_delete(self, req: FhirRequest, res_type: str) -> FhirResponse:
         writes.check_type(res_type)
         criteria = urlencode([(k, v) for k, v in req.query if k not in _CONTROL_PARAMS])
         async with self.db.write() as conn:
@@ -231,6 +257,15 @@ class FhirService:
         body = negotiation.parse_body(req.header("content-type"), req.body, self.max_body_bytes)
         response = await process_bundle(self, req, body)
         return FhirResponse(200, orjson.dumps(response))
+
+    async def _refusal_audited(self, req: FhirRequest, subtype: str, target: str,
+                               work: Awaitable[FhirResponse]) -> FhirResponse:
+        """A write that fails is audited on its own (a successful one commits its record with the data)."""
+        try:
+            return await work
+        except FhirError as error:
+            await self.gate.audit_refusal(req.principal, subtype, target, error)
+            raise
 
     # -- responses ----------------------------------------------------------------------------
 

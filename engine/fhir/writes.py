@@ -172,6 +172,8 @@ async def delete(
     ):
         raise outcomes.not_found(res_type, res_id)
     stored = await repository.delete_resource(conn, res_type, res_id, now=now)
+    if stored is not None and current is not None and not current.deleted:
+        await gate.audit_change(conn, who, "delete", stored)
     return WriteResult(stored, 204 if stored is None else 200)
 
 

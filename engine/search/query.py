@@ -92,6 +92,7 @@ class ResourceRow(NamedTuple):
     version_id: int
     last_updated: datetime
     content: str
+    patient_id: str | None = None  # the Patient whose compartment it is in (for access and audit)
 
 
 @dataclass(slots=True)
@@ -114,6 +115,7 @@ _ROW_COLUMNS = (
     resources.c.version_id,
     resources.c.last_updated,
     cast(resources.c.content, Text).label("content"),
+    resources.c.patient_id,
 )
 _WIDTH = len(_ROW_COLUMNS)
 # The largest pk in the store as the first page is read: the paging snapshot (engine.search.paging).

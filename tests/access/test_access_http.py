@@ -1,0 +1,250 @@
+"""Consent, relationships, sensitive labels, roles and break-glass through the FHIR API, end to end.
+
+A small Leeds record, loaded by a backend service: Alice is registered with a GP practice (B86001)
+and had an admission at the hospital (RR8) and care from the mental health trust (RGD); Bob has no
+relationship with the hospital. Users of each organisation and role ask for it through every path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from consent.vocabulary import ACT_CODE_SYSTEM, CONFIDENTIALITY_SYSTEM, ODS_SYSTEM, owner_tag
+
+FHIR = "application/fhir+json"
+REASON = "Unconscious patient in ED, need medication history"
+
+
+def org(res_id: str, ods: str, name: str) -> dict[str, Any]:
+    return {"resourceType": "Organization", "id": res_id, "identifier": [{"system": ODS_SYSTEM, "value": ods}],
+            "name": name}
+
+
+def person(res_id: str, family: str, gp: str | None) -> dict[str, Any]:
+    document: dict[str, Any] = {"resourceType": "Patient", "id": res_id, "name": [{"family": family}],
+                                "meta": {"tag": [owner_tag("B86001")]}}
+    if gp:
+        document["generalPractitioner"] = [{"reference": f"Organization/{gp}"}]
+    return document
+
+
+def encounter(res_id: str, patient: str, provider: str, owner: str, start: str, end: str) -> dict[str, Any]:
+    return {"resourceType": "Encounter", "id": res_id, "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "subject": {"reference": f"Patient/{patient}"}, "serviceProvider": {"reference": f"Organization/{provider}"},
+            "period": {"start": start, "end": end}, "meta": {"tag": [owner_tag(owner)]}}
+
+
+def obs(res_id: str, patient: str, owner: str, code: str, *labels: tuple[str, str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"tag": [owner_tag(owner)]}
+    if labels:
+        meta["security"] = [{"system": s, "code": c} for s, c in labels]
+    return {"resourceType": "Observation", "id": res_id, "status": "final", "meta": meta,
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": f"Patient/{patient}"}, "effectiveDateTime": "2026-10-01T10:00:00Z"}
+
+
+PSY = (ACT_CODE_SYSTEM, "PSY")
+RESTRICTED = (CONFIDENTIALITY_SYSTEM, "R")
+
+RECORD = [
+    org("org-rr8", "RR8", "Leeds Teaching Hospitals"),
+    org("org-gp", "B86001", "Oakwood Surgery"),
+    org("org-rgd", "RGD", "Leeds and York Partnership"),
+    person("alice", "Hughes", "org-gp"),
+    person("bob", "Khan", "org-gp"),
+    encounter("enc-alice-rr8", "alice", "org-rr8", "RR8", "2026-09-01T09:00:00Z", "2026-09-10T12:00:00Z"),
+    encounter("enc-alice-rgd", "alice", "org-rgd", "RGD", "2026-08-01T09:00:00Z", "2026-08-01T10:00:00Z"),
+    obs("obs-alice-hr", "alice", "RR8", "8867-4"),
+    obs("obs-alice-gp-bp", "alice", "B86001", "85354-9"),
+    obs("obs-alice-psy", "alice", "RGD", "72133-2", PSY, RESTRICTED),
+    obs("obs-bob-hr", "bob", "B86001", "8867-4"),
+]
+
+
+@pytest.fixture
+def record(client) -> Any:  # noqa: ANN001
+    for document in RECORD:
+        response = client.put(f"/fhir/{document['resourceType']}/{document['id']}", json=document,
+                              headers={"Content-Type": FHIR})
+        assert response.status_code in {200, 201}, response.text
+    return client
+
+
+@pytest.fixture
+def as_user(make_token):  # noqa: ANN001, ANN201
+    def headers(org: str = "RR8", role: str = "R8000", user: str | None = None, **extra: str) -> dict[str, str]:
+        token = make_token("user/*.cruds", role=role, org=org, user=user or f"{org}-{role}")
+        return {"Authorization": f"Bearer {token}", **extra}
+    return headers
+
+
+def ids(bundle: dict[str, Any], mode: str = "match") -> set[str]:
+    return {e["resource"]["id"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == mode}
+
+
+def withheld(bundle: dict[str, Any]) -> bool:
+    return any(e.get("search", {}).get("mode") == "outcome" for e in bundle.get("entry", []))
+
+
+def details(response) -> str:  # noqa: ANN001
+    return response.json()["issue"][0]["details"]["coding"][0]["code"]
+
+
+# -- relationships ---------------------------------------------------------------------------------
+
+
+def test_a_relationship_opens_the_record_and_its_absence_is_a_403(record, as_user) -> None:  # noqa: ANN001
+    rr8 = as_user("RR8")
+    assert record.get("/fhir/Observation/obs-alice-hr", headers=rr8).status_code == 200
+    assert record.get("/fhir/Observation/obs-alice-gp-bp", headers=rr8).status_code == 200
+    refused = record.get("/fhir/Observation/obs-bob-hr", headers=rr8)
+    assert refused.status_code == 403 and details(refused) == "no-relationship"
+    assert "X-Break-Glass-Reason" in refused.json()["issue"][0]["diagnostics"]
+    assert record.get("/fhir/Observation?patient=bob", headers=rr8).status_code == 403
+    assert record.get("/fhir/Patient/bob/$everything", headers=rr8).status_code == 403
+
+
+def test_the_registered_gp_practice_has_a_relationship(record, as_user) -> None:  # noqa: ANN001
+    gp = as_user("B86001")
+    assert record.get("/fhir/Observation/obs-bob-hr", headers=gp).status_code == 200
+    assert record.get("/fhir/Patient/bob", headers=gp).status_code == 200
+
+
+def test_a_search_across_patients_shows_only_related_patients(record, as_user) -> None:  # noqa: ANN001
+    bundle = record.get("/fhir/Observation?code=8867-4", headers=as_user("RR8")).json()
+    assert ids(bundle) == {"obs-alice-hr"}
+    assert bundle["total"] == 1
+
+
+def test_directory_data_needs_no_relationship(record, as_user) -> None:  # noqa: ANN001
+    assert record.get("/fhir/Organization/org-gp", headers=as_user("X26")).status_code == 200
+
+
+# -- sensitive labels --------------------------------------------------------------------------------
+
+
+def test_labelled_data_is_visible_to_its_owner_only(record, as_user) -> None:  # noqa: ANN001
+    assert record.get("/fhir/Observation/obs-alice-psy", headers=as_user("RGD")).status_code == 200
+    hidden = record.get("/fhir/Observation/obs-alice-psy", headers=as_user("RR8"))
+    assert hidden.status_code == 404  # withheld reads answer 404 by default (policy)
+
+
+def test_a_search_says_data_was_withheld_without_counting_it(record, as_user) -> None:  # noqa: ANN001
+    bundle = record.get("/fhir/Observation?patient=alice", headers=as_user("RR8")).json()
+    assert ids(bundle) == {"obs-alice-hr", "obs-alice-gp-bp"}
+    assert bundle["total"] == 2
+    assert withheld(bundle)
+    count = record.get("/fhir/Observation?patient=alice&_summary=count", headers=as_user("RR8")).json()
+    assert count["total"] == 2
+    owner = record.get("/fhir/Observation?patient=alice", headers=as_user("RGD")).json()
+    assert ids(owner) == {"obs-alice-hr", "obs-alice-gp-bp", "obs-alice-psy"} and not withheld(owner)
+
+
+def test_everything_and_history_hide_labelled_data_too(record, as_user) -> None:  # noqa: ANN001
+    everything = record.get("/fhir/Patient/alice/$everything", headers=as_user("RR8")).json()
+    assert "obs-alice-psy" not in {e["resource"]["id"] for e in everything.get("entry", [])}
+    assert "obs-alice-hr" in {e["resource"]["id"] for e in everything.get("entry", [])}
+    history = record.get("/fhir/Observation/_history", headers=as_user("RR8")).json()
+    assert "obs-alice-psy" not in {e["resource"]["id"] for e in history.get("entry", []) if "resource" in e}
+    assert record.get("/fhir/Observation/obs-alice-psy/_history/1", headers=as_user("RR8")).status_code == 404
+
+
+def test_includes_are_released_one_by_one(record, as_user) -> None:  # noqa: ANN001
+    bundle = record.get("/fhir/Patient?_id=alice&_revinclude=Observation:subject", headers=as_user("RR8")).json()
+    assert ids(bundle, "include") == {"obs-alice-hr", "obs-alice-gp-bp"}
+
+
+# -- roles ------------------------------------------------------------------------------------------
+
+
+def test_roles_decide_which_types_are_open(record, as_user) -> None:  # noqa: ANN001
+    receptionist = as_user("RR8", "R8009")
+    assert record.get("/fhir/Patient/alice", headers=receptionist).status_code == 200
+    assert record.get("/fhir/Encounter/enc-alice-rr8", headers=receptionist).status_code == 200
+    refused = record.get("/fhir/Observation/obs-alice-hr", headers=receptionist)
+    assert refused.status_code == 403 and details(refused) == "role"
+    ig = as_user("RR8", "R8012")
+    assert record.get("/fhir/Observation/obs-alice-hr", headers=ig).status_code == 403
+    assert record.get("/fhir/Consent", headers=ig).status_code == 200
+
+
+# -- objection and consent --------------------------------------------------------------------------
+
+
+def objection(patient: str) -> dict[str, Any]:
+    return {"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": f"Patient/{patient}"}, "dateTime": "2026-11-01T10:00:00Z",
+            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                       "code": "OPTOUT"}]},
+            "provision": {"type": "deny"}}
+
+
+def test_an_objection_keeps_data_within_the_organisation_that_holds_it(record, make_token, as_user) -> None:  # noqa: ANN001
+    alice = {"Authorization": "Bearer " + make_token("patient/*.rs patient/Consent.cu", role="", org="",
+                                                     patient="alice", fhirUser="Patient/alice")}
+    created = record.post("/fhir/Consent", json=objection("alice"), headers={**alice, "Content-Type": FHIR})
+    assert created.status_code == 201, created.text
+    rr8 = as_user("RR8")
+    bundle = record.get("/fhir/Observation?patient=alice", headers=rr8).json()
+    assert ids(bundle) == {"obs-alice-hr"}  # the hospital's own data only
+    assert withheld(bundle) and "total" not in bundle
+    assert record.get("/fhir/Observation/obs-alice-gp-bp", headers=rr8).status_code == 404
+    # The GP practice holds the rest.
+    assert record.get("/fhir/Observation/obs-alice-gp-bp", headers=as_user("B86001")).status_code == 200
+    # Break-glass overrides an objection.
+    glass = as_user("RR8", user="ed-doctor", **{"X-Break-Glass-Reason": REASON})
+    assert record.get("/fhir/Observation/obs-alice-gp-bp", headers=glass).status_code == 200
+    # Withdrawn: shared again.
+    consent = created.json()
+    consent["status"] = "inactive"
+    assert record.put(f"/fhir/Consent/{consent['id']}", json=consent,
+                      headers={**alice, "Content-Type": FHIR}).status_code == 200
+    assert record.get("/fhir/Observation/obs-alice-gp-bp", headers=rr8).status_code == 200
+
+
+def test_patients_see_their_own_record_including_sensitive_data(record, make_token) -> None:  # noqa: ANN001
+    alice = {"Authorization": "Bearer " + make_token("patient/*.rs", role="", org="", patient="alice",
+                                                     fhirUser="Patient/alice")}
+    assert record.get("/fhir/Observation/obs-alice-psy", headers=alice).status_code == 200
+    assert ids(record.get("/fhir/Observation", headers=alice).json()) == {"obs-alice-hr", "obs-alice-gp-bp",
+                                                                         "obs-alice-psy"}
+    assert record.get("/fhir/Observation/obs-bob-hr", headers=alice).status_code == 404
+
+
+# -- break-glass -------------------------------------------------------------------------------------
+
+
+def test_break_glass_opens_a_record_for_a_time_box(record, as_user) -> None:  # noqa: ANN001
+    glass = as_user("RR8", user="ed-doctor", **{"X-Break-Glass-Reason": REASON})
+    assert record.get("/fhir/Observation/obs-bob-hr", headers=glass).status_code == 200
+    # The grant holds for this user and patient without repeating the header…
+    assert record.get("/fhir/Observation?patient=bob", headers=as_user("RR8", user="ed-doctor")).status_code == 200
+    # …but not for a colleague.
+    assert record.get("/fhir/Observation/obs-bob-hr", headers=as_user("RR8", user="colleague")).status_code == 403
+    # Break-glass does not lift a sensitivity label.
+    assert record.get("/fhir/Observation/obs-alice-psy", headers=glass).status_code == 404
+
+
+@pytest.mark.parametrize("reason", ["", "test", "n/a", "x" * 3])
+def test_a_trivial_break_glass_reason_is_refused(record, as_user, reason: str) -> None:  # noqa: ANN001
+    response = record.get("/fhir/Observation/obs-bob-hr", headers=as_user("RR8", **{"X-Break-Glass-Reason": reason}))
+    assert response.status_code == 400 and details(response) == "break-glass-reason"
+
+
+# -- writes ------------------------------------------------------------------------------------------
+
+
+def test_writing_needs_a_relationship_and_tags_the_writer_as_owner(record, as_user) -> None:  # noqa: ANN001
+    rr8 = {**as_user("RR8"), "Content-Type": FHIR}
+    refused = record.post("/fhir/Observation", json=obs("x", "bob", "RR8", "8867-4"), headers=rr8)
+    assert refused.status_code == 403
+    written = record.post("/fhir/Observation", json=obs("x", "alice", "B86001", "8310-5"), headers=rr8)
+    assert written.status_code == 201
+    tags = written.json()["meta"]["tag"]
+    assert tags == [owner_tag("RR8")]  # the writer's organisation owns what it writes
