@@ -411,11 +411,13 @@ class AccessGate:
         """Audit an interaction that was refused or failed (BALP outcome 4 minor failure, 8 serious)."""
         code = _error_code(error)
         denied = code if error.status in {401, 403} else None
+        patients = tuple(p for p in (error.patient_id,) if p)
+        if target and target.startswith("Patient/") and "/" not in target.removeprefix("Patient/"):
+            patients = (*patients, target.removeprefix("Patient/"))
         await self.audit([record_for(
             who, recorded=self.clock(), subtype=subtype, outcome=MINOR_FAILURE if error.status < 500 else SERIOUS_FAILURE,
             entities=(target,) if target and "/" in target else (), query=query, operation=operation,
-            patient_ids=(target.removeprefix("Patient/"),) if target and target.startswith("Patient/") else (),
-            denied_reason=denied, failure=None if denied else f"{error.status} {code}")])
+            patient_ids=patients, denied_reason=denied, failure=None if denied else f"{error.status} {code}")])
 
     async def _audited(self, who: Principal, subtype: str, work: Awaitable[T], *, target: str | None,
                        query: str | None = None, operation: str | None = None) -> T:
@@ -529,7 +531,7 @@ class AccessGate:
         decision = decide_patient(request, res_type, patient_id, context.consents, context.relationships, now,
                                   self.policy)
         if decision.effect == "deny":
-            raise _deny(decision)
+            raise replace(_deny(decision), patient_id=patient_id)
         return context
 
     async def _refusal(self, conn: AsyncConnection, who: Principal, stored: Stored, verb: str) -> FhirError:
@@ -555,11 +557,11 @@ class AccessGate:
                                            now=_naive(now), policy=self.policy))[patient_id]
         decision = self._decide(who, viewer.orgs, CREATE if writing else READ, stored, patient_id, context, now)
         if decision.effect == "deny" or (writing and decision.effect == "withhold"):
-            return _deny(decision)
+            return replace(_deny(decision), patient_id=patient_id)
         if decision.effect == "withhold" and self.policy.withheld_read_status == 403:
-            return outcomes.forbidden("withheld", "This resource is withheld by the patient's sharing "
-                                                  "preferences or its sensitivity")
-        return outcomes.not_found(stored.res_type, stored.res_id)
+            return replace(outcomes.forbidden("withheld", "This resource is withheld by the patient's sharing "
+                                                          "preferences or its sensitivity"), patient_id=patient_id)
+        return replace(outcomes.not_found(stored.res_type, stored.res_id), patient_id=patient_id)
 
     async def _released_or_missing(
         self, conn: AsyncConnection, who: Principal, stored: Stored | None, res_type: str, res_id: str

@@ -28,7 +28,7 @@ from sqlalchemy.sql.expression import Select
 
 from consent.model import ConsentError, PatientConsent, Relationship, parse_consent
 from consent.policy import Policy
-from consent.vocabulary import ODS_SYSTEM, OWNER_TAG_SYSTEM
+from consent.vocabulary import ODS_SITE_SYSTEM, ODS_SYSTEM, OWNER_TAG_SYSTEM
 from engine.db.access_schema import break_glass_grants
 from engine.db.schema import care_relationships, idx_token, resources
 
@@ -71,7 +71,7 @@ _ORGANISATION_IDS = (
     select(resources.c.res_id)
     .join(idx_token, idx_token.c.res_pk == resources.c.pk)
     .where(idx_token.c.res_type == "Organization", idx_token.c.param == "identifier",
-           idx_token.c.system == ODS_SYSTEM, idx_token.c.code == bindparam("code"),
+           idx_token.c.system.in_([ODS_SYSTEM, ODS_SITE_SYSTEM]), idx_token.c.code == bindparam("code"),
            resources.c.deleted.is_(False))
 )
 

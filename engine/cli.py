@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from engine.access_cli import add_access_parser
 from engine.audit.cli import add_audit_parser
 from engine.auth.cli import add_token_parser
 from engine.config import Settings, load_settings
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_token_parser(commands)
     add_replay_parser(commands)
     add_audit_parser(commands)
+    add_access_parser(commands)
 
     args = parser.parse_args(argv)
     return int(args.handler(args) or 0)

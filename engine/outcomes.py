@@ -41,6 +41,8 @@ class FhirError(Exception):
     status: int
     issues: list[OutcomeIssue]
     headers: dict[str, str] = field(default_factory=dict)
+    # The patient a refused request was about: recorded in the audit, never sent to the client.
+    patient_id: str | None = None
 
     def __str__(self) -> str:
         return "; ".join(i.diagnostics for i in self.issues)

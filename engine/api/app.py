@@ -44,6 +44,8 @@ from engine.fhir.negotiation import FHIR_JSON
 from engine.fhir.rest import FhirRequest, FhirResponse, FhirService
 from engine.observability import ObservabilityMiddleware, configure_logging, metrics_text
 from engine.outcomes import FhirError
+from engine.transfers.config import load_transfers_config
+from engine.transfers.delivery import delivery_worker
 
 log = logging.getLogger("sharedcare.api")
 
@@ -93,7 +95,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         log.info("ready", extra={"fields": {"base_url": settings.base_url,
                                             "key_source": app.state.sharedcare.verifier.key_source}})
         try:
-            yield
+            # Transfers of care: the outbox delivery worker (SHAREDCARE_DELIVERY_ENABLED=0 turns it off).
+            async with delivery_worker(database, load_transfers_config()):
+                yield
         finally:
             await state.audit_writer.stop()
             if db is None:
@@ -215,6 +219,11 @@ def _install_routes(app: FastAPI) -> None:
     @app.get(f"{fhir}/Patient/{{id}}/$everything", tags=["fhir"], summary="Patient $everything")
     async def everything(request: Request, id: ResourceId) -> Response:
         return await _handle(request, lambda r: _state(request).service.everything(r, id))
+
+    @app.get(f"{fhir}/Patient/{{id}}/$access-explain", tags=["information governance"],
+             summary="which rule decides each resource of a patient's record for a user, role and organisation")
+    async def access_explain(request: Request, id: ResourceId) -> Response:
+        return await _handle(request, lambda r: _state(request).service.access_explain(r, id))
 
     @app.get(f"{fhir}/{{type}}/_history", tags=["fhir"], summary="type history")
     async def type_history(request: Request, type: ResourceType) -> Response:

@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from consent.policy import load_policy
 from engine import outcomes
 from engine.audit import alerts as alert_rules
 from engine.audit import reports
@@ -43,8 +44,11 @@ from engine.fhir.bundles import Entry, bundle_bytes
 from engine.fhir.rest import FhirRequest, FhirResponse
 from engine.outcomes import FhirError
 
-# Roles that may read the audit log (the lead wires this to the consent policy's IG role table).
-IG_ROLES = frozenset({"R8012"})
+# Roles that may read the audit log: those the consent policy's role table lets read AuditEvents
+# (R8012 Information Officer by default; consent/policy.json).
+_POLICY = load_policy()
+IG_ROLES = frozenset(code for code, grant in _POLICY.roles.items()
+                     if grant.allows("read", "AuditEvent", _POLICY.governance_types))
 JSON = "application/json"
 _PERIOD_PARAMS = frozenset({"since", "until", "_format", "_pretty"})
 

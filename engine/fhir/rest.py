@@ -189,6 +189,18 @@ class FhirService:
             links.append(("next", _link(path, kept, _encode_pk_cursor(next_pk, snapshot))))
         return FhirResponse(200, bundle_bytes("searchset", entries, links=links))
 
+    async def access_explain(self, req: FhirRequest, patient_id: str) -> FhirResponse:
+        """`Patient/[id]/$access-explain?user=&role=&org=[&break-glass=true]` for IG officers."""
+        from engine.access_explain import Subject, explain_access
+
+        role = req.param("role")
+        if not role:
+            raise outcomes.bad_request("Say whose access to explain: role= (and user=, org=)", ("role",),
+                                       "missing-parameter")
+        subject = Subject(user_id=req.param("user") or "(any user)", role=role, org=req.param("org"),
+                          break_glass=(req.param("break-glass") or "").lower() == "true")
+        return FhirResponse(200, orjson.dumps(await explain_access(self.gate, req.principal, patient_id, subject)))
+
     # -- writes -------------------------------------------------------------------------------
 
     async def create(self, req: FhirRequest, res_type: str) -> FhirResponse:

@@ -199,7 +199,7 @@ def test_permit_and_matching_deny_in_two_consents_deny_wins() -> None:
 @pytest.mark.parametrize(
     ("kind", "ended_days_ago", "permitted"),
     [
-        ("encounter", 300, True), ("encounter", 366, False), ("episode", 364, True), ("referral", 400, False),
+        ("encounter", 700, True), ("encounter", 731, False), ("episode", 729, True), ("referral", 800, False),
         ("registered-gp", 1, False), ("care-home", 1, False), ("care-team", 1, False), ("encounter", -10, True),
     ],
 )

@@ -45,7 +45,7 @@ def facts(resource_id: str) -> ResourceFacts:
         (KAREN, "pat-alice-hughes", ("permit", "relationship")),
         (KAREN, "cond-alice-dementia", ("deny", "role")),
         (AISHA, "cond-alice-dementia", ("permit", "relationship")),
-        (JAMES, "cond-alice-dementia", ("permit", "relationship")),  # admission Jan 2025, within 365 days
+        (JAMES, "cond-alice-dementia", ("permit", "relationship")),  # admission Jan 2025, within the window
         (JAMES, "cond-bilal-t2dm", ("deny", "no-relationship")),
         (TOM, "cond-chloe-gad", ("withhold", "sensitive")),  # PSY, R owned by LYPFT
         (ADEBAYO, "cond-chloe-gad", ("permit", "relationship")),

@@ -57,7 +57,7 @@ def test_information_officer_sees_audit_and_consent_never_clinical_content() -> 
 def test_defaults_of_the_packaged_policy() -> None:
     assert {"Organization", "Practitioner", "PractitionerRole", "Location", "HealthcareService", "Endpoint"} \
         <= POLICY.directory_types
-    assert POLICY.relationship_windows["encounter"] == timedelta(days=365)
+    assert POLICY.relationship_windows["encounter"] == timedelta(days=730)
     assert POLICY.relationship_windows["registered-gp"] == timedelta(0)
     assert POLICY.break_glass.time_box == timedelta(hours=4)
     assert {(ACT_CODE_SYSTEM, c) for c in ("PSY", "ETH", "HIV", "SDV", "SEX", "STD")} <= POLICY.restricting_labels
