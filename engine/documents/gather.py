@@ -1,0 +1,215 @@
+"""Gather what a document needs from the store: one procedure, two ways to read.
+
+`gather(reader, definition, encounter_id)` reads the encounter, its patient, the patient's resources
+of the types the definition queries, and the organisations, clinicians and wards they name. The
+reader decides how: `GateReader` discloses to a principal through the access gate (a clinician
+asking for a document); `StoreReader` reads the store inside the caller's transaction (the engine
+itself storing a discharge document while it ingests an A03 — storing, not disclosing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine import outcomes
+from engine.access import AccessGate
+from engine.auth import Principal
+from engine.db import repository
+from engine.documents.definitions import DocumentDefinition
+from engine.documents.elements import JSON, codes_of, reference_target
+from engine.documents.selection import gp_practice_references
+from engine.outcomes import FhirError
+from engine.search.params import SearchRequest, parse_search
+from engine.search.query import search
+
+PAGE = 1000
+SDS_USER_ID = "https://fhir.nhs.uk/Id/sds-user-id"
+ODS_CODE = "https://fhir.nhs.uk/Id/ods-organization-code"
+
+
+class RecordReader(Protocol):
+    async def read(self, res_type: str, res_id: str) -> JSON:
+        """The current resource; FhirError 404/410 (or 403 from the gate) when it cannot be had."""
+
+    async def read_many(self, res_type: str, ids: Sequence[str]) -> list[JSON]:
+        """Those of `ids` that exist and may be had (missing, deleted or withheld ones are left out)."""
+
+    async def compartment(self, patient_id: str, types: Sequence[str]) -> list[JSON]:
+        """The patient's current resources of `types` (never all types: an empty list gives nothing)."""
+
+    async def by_identifier(self, res_type: str, system: str, value: str) -> JSON | None:
+        """The first resource of `res_type` with that identifier, or None."""
+
+
+class GateReader:
+    """Reads as `who`, through the access gate: what the principal may not see never enters a document."""
+
+    def __init__(self, gate: AccessGate, who: Principal) -> None:
+        self.gate = gate
+        self.who = who
+
+    async def read(self, res_type: str, res_id: str) -> JSON:
+        return orjson.loads((await self.gate.read(self.who, res_type, res_id)).content or "{}")
+
+    async def read_many(self, res_type: str, ids: Sequence[str]) -> list[JSON]:
+        """One search (`_id=a,b,…`), so one disclosure and one audit event per type, not one per id."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return []
+        request = parse_search(res_type, [("_id", ",".join(ids)), ("_count", str(len(ids)))])
+        try:
+            page = await self.gate.search(self.who, request)
+        except FhirError:
+            return []  # a principal who may not read Locations still gets a document that names the ward
+        return [orjson.loads(row.content) for row in page.rows]
+
+    async def compartment(self, patient_id: str, types: Sequence[str]) -> list[JSON]:
+        if not types:
+            return []
+        found: list[JSON] = []
+        after, snapshot = None, None
+        while True:
+            page, after, snapshot = await self.gate.everything(
+                self.who, patient_id, types=list(types), since=None, count=PAGE, after_pk=after, snapshot_pk=snapshot
+            )
+            found.extend(orjson.loads(s.content) for s in page if s.content and s.res_type in types)
+            if after is None:
+                return found
+
+    async def by_identifier(self, res_type: str, system: str, value: str) -> JSON | None:
+        try:
+            page = await self.gate.search(self.who, _identifier_search(res_type, system, value))
+        except FhirError:
+            return None  # a principal who may not search Practitioners still gets a document
+        return orjson.loads(page.rows[0].content) if page.rows else None
+
+
+class StoreReader:
+    """Reads the store directly inside an open transaction (the engine's own writers)."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def read(self, res_type: str, res_id: str) -> JSON:
+        stored = await repository.read(self.conn, res_type, res_id)
+        if stored is None:
+            raise outcomes.not_found(res_type, res_id)
+        if stored.deleted or stored.content is None:
+            raise outcomes.gone(res_type, res_id, stored.version_id)
+        return orjson.loads(stored.content)
+
+    async def read_many(self, res_type: str, ids: Sequence[str]) -> list[JSON]:
+        found = []
+        for res_id in dict.fromkeys(ids):
+            stored = await repository.read(self.conn, res_type, res_id)
+            if stored is not None and stored.content and not stored.deleted:
+                found.append(orjson.loads(stored.content))
+        return found
+
+    async def compartment(self, patient_id: str, types: Sequence[str]) -> list[JSON]:
+        if not types:
+            return []
+        found: list[JSON] = []
+        after: int | None = None
+        while True:
+            page, after = await repository.compartment_page(
+                self.conn, patient_id, types=types, since=None, count=PAGE, after_pk=after, snapshot_pk=None
+            )
+            found.extend(orjson.loads(s.content) for s in page if s.content)
+            if after is None:
+                return found
+
+    async def by_identifier(self, res_type: str, system: str, value: str) -> JSON | None:
+        page = await search(self.conn, _identifier_search(res_type, system, value))
+        return orjson.loads(page.rows[0].content) if page.rows else None
+
+
+def _identifier_search(res_type: str, system: str, value: str) -> SearchRequest:
+    escaped = value.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
+    return parse_search(res_type, [("identifier", f"{system}|{escaped}"), ("_count", "1")])
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    """Everything a document is built from; `resources` holds the patient's data and what it names."""
+
+    patient: JSON
+    encounter: JSON
+    resources: list[JSON]
+
+    def find(self, reference: object) -> JSON | None:
+        target = reference_target(reference)
+        if target is None:
+            return None
+        return next((r for r in self.resources if (r.get("resourceType"), r.get("id")) == target), None)
+
+
+async def gather(reader: RecordReader, definition: DocumentDefinition, encounter_id: str) -> Gathered:
+    """The encounter, its patient, the patient's resources the definition queries, and whom they name."""
+    encounter = await reader.read("Encounter", encounter_id)
+    target = reference_target(encounter.get("subject"))
+    if target is None or target[0] != "Patient":
+        raise outcomes.error(422, "business-rule", f"Encounter/{encounter_id} names no Patient: no document can "
+                             "be made for it", details_code="encounter-without-patient")
+    patient = await reader.read("Patient", target[1])
+    resources = await reader.compartment(target[1], definition.resource_types)
+    wanted: dict[str, list[str]] = {}
+    for res_type, res_id in named_parties(patient, encounter):
+        wanted.setdefault(res_type, []).append(res_id)
+    for res_type, ids in wanted.items():
+        resources.extend(await reader.read_many(res_type, ids))
+    return Gathered(patient, encounter, resources)
+
+
+def named_parties(patient: JSON, encounter: JSON) -> list[tuple[str, str]]:
+    """(type, id) of the GP practice, provider, clinicians and wards the patient and encounter name, once each."""
+    references = [*gp_practice_references(patient), encounter.get("serviceProvider")]
+    references += [p.get("individual") for p in encounter.get("participant") or () if isinstance(p, dict)]
+    references += [loc.get("location") for loc in encounter.get("location") or () if isinstance(loc, dict)]
+    found: list[tuple[str, str]] = []
+    for reference in references:
+        target = reference_target(reference)
+        if target is not None and target[0] in {"Organization", "Practitioner", "Location"} and target not in found:
+            found.append(target)
+    return found
+
+
+# -- who wrote it and who keeps it ------------------------------------------------------------------
+
+
+async def user_author(reader: RecordReader, who: Principal) -> JSON:
+    """The requesting user's Practitioner (matched by SDS user id), else a Reference naming them."""
+    found = await reader.by_identifier("Practitioner", SDS_USER_ID, who.user_id)
+    if found is not None:
+        return found
+    return {"identifier": {"system": SDS_USER_ID, "value": who.user_id}, "display": who.name or who.user_id}
+
+
+def engine_author(gathered: Gathered) -> JSON:
+    """For an engine-issued document: the encounter's attending clinician, else its provider."""
+    participants = gathered.encounter.get("participant") or []
+    attending = [p for p in participants if "ATND" in codes_of(p.get("type"))] + list(participants)
+    for participant in attending:
+        found = gathered.find(participant.get("individual"))
+        if found is not None:
+            return found
+    provider = gathered.find(gathered.encounter.get("serviceProvider"))
+    if provider is not None:
+        return provider
+    return {"display": "sharedcare (generated from the shared care record)"}
+
+
+async def custodian(reader: RecordReader, gathered: Gathered, org_code: str | None) -> JSON | None:
+    """The organisation that keeps the document: the encounter's provider, else the user's organisation."""
+    provider = gathered.find(gathered.encounter.get("serviceProvider"))
+    if provider is not None:
+        return provider
+    if org_code:
+        found = await reader.by_identifier("Organization", ODS_CODE, org_code)
+        return found or {"identifier": {"system": ODS_CODE, "value": org_code}}
+    return None
