@@ -53,6 +53,7 @@ from engine.access_data import (
 from engine.audit.events import MINOR_FAILURE, SERIOUS_FAILURE, AuditRecord, break_glass_alert, record_for
 from engine.audit.log import AuditWriter, append, record_now
 from engine.auth import Principal, granting_scopes
+from engine.config import access_policy_path
 from engine.db import repository
 from engine.db.database import Database
 from engine.db.repository import HistoryPage, Stored
@@ -132,7 +133,7 @@ class AccessGate:
     def __init__(self, db: Database, policy: Policy | None = None, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.db = db
-        self.policy = policy or load_policy()
+        self.policy = policy or load_policy(access_policy_path())
         self.clock = clock
         self.org_keys = OrganisationKeys()
         # Group commit for reads (set by the application); without it each record commits on its own.

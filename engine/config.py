@@ -87,3 +87,8 @@ def normalise_database_url(url: str) -> str:
 def sync_database_url(url: str) -> str:
     """The synchronous twin of an engine URL, for alembic."""
     return url.replace("sqlite+aiosqlite://", "sqlite://")
+
+
+def access_policy_path(environ: dict[str, str] | None = None) -> str | None:
+    """`SHAREDCARE_POLICY_FILE`: the consent and access policy (default: the packaged consent/policy.json)."""
+    return _env("SHAREDCARE_POLICY_FILE", None, environ) or None

@@ -38,6 +38,7 @@ from engine.audit.query import (
     search_page,
 )
 from engine.auth import Principal
+from engine.config import access_policy_path
 from engine.db.database import Database
 from engine.db.repository import utc_now
 from engine.fhir.bundles import Entry, bundle_bytes
@@ -46,7 +47,7 @@ from engine.outcomes import FhirError
 
 # Roles that may read the audit log: those the consent policy's role table lets read AuditEvents
 # (R8012 Information Officer by default; consent/policy.json).
-_POLICY = load_policy()
+_POLICY = load_policy(access_policy_path())
 IG_ROLES = frozenset(code for code, grant in _POLICY.roles.items()
                      if grant.allows("read", "AuditEvent", _POLICY.governance_types))
 JSON = "application/json"
