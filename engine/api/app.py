@@ -18,7 +18,7 @@ from typing import Annotated
 import orjson
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -38,10 +38,11 @@ from engine.auth import (
 )
 from engine.config import Settings, load_settings
 from engine.db.database import Database, open_database
+from engine.export import export_ndjson
 from engine.fhir import negotiation
 from engine.fhir.capability import SERVER_VERSION, capability_statement
 from engine.fhir.negotiation import FHIR_JSON
-from engine.fhir.rest import FhirRequest, FhirResponse, FhirService
+from engine.fhir.rest import FhirRequest, FhirResponse, FhirService, parse_instant
 from engine.observability import ObservabilityMiddleware, configure_logging, metrics_text
 from engine.outcomes import FhirError
 from engine.transfers.config import load_transfers_config
@@ -142,7 +143,8 @@ async def _handle(request: Request, call: Callable[[FhirRequest], Awaitable[Fhir
         if request.method in {"POST", "PUT", "PATCH"}:
             body = await _read_body(request, state.settings.max_body_bytes)
         fhir_request = FhirRequest(request.method, query, request.headers, body, principal, state.settings.base_url)
-        return render(await call(fhir_request))
+        result = await call(fhir_request)
+        return result if isinstance(result, Response) else render(result)
     except FhirError as error:
         return error_response(error)
 
@@ -219,6 +221,16 @@ def _install_routes(app: FastAPI) -> None:
     @app.get(f"{fhir}/Patient/{{id}}/$everything", tags=["fhir"], summary="Patient $everything")
     async def everything(request: Request, id: ResourceId) -> Response:
         return await _handle(request, lambda r: _state(request).service.everything(r, id))
+
+    @app.get(f"{fhir}/$export", tags=["fhir"],
+             summary="bulk export as NDJSON for secondary use (backend services; national data opt-out applied)")
+    async def export(request: Request) -> Response:
+        async def call(r: FhirRequest) -> Response:
+            types = [t.strip() for t in (r.param("_type") or "").split(",") if t.strip()]
+            since = parse_instant(r.param("_since"), "_since")
+            lines = await export_ndjson(_state(request).gate, r.principal, types or None, since)
+            return StreamingResponse(lines, media_type="application/fhir+ndjson")
+        return await _handle(request, call)
 
     @app.get(f"{fhir}/Patient/{{id}}/$access-explain", tags=["information governance"],
              summary="which rule decides each resource of a patient's record for a user, role and organisation")

@@ -138,8 +138,8 @@ class FhirService:
         if unknown and not negotiation.prefer_lenient(req.header("prefer")):
             raise outcomes.bad_request(f"Unknown history parameter {unknown[0]}", (unknown[0],), "bad-parameter")
         count = _count(req.param("_count"), self.default_count, self.max_count)
-        since = _instant(req.param("_since"), "_since")
-        at = _instant(req.param("_at"), "_at", high=True)
+        since = parse_instant(req.param("_since"), "_since")
+        at = parse_instant(req.param("_at"), "_at", high=True)
         after = _decode_history_cursor(req.param("_cursor"))
         page, total = await self.gate.history(
             req.principal, res_type, res_id, since=since, at=at, count=count, after=after
@@ -171,7 +171,7 @@ class FhirService:
         if unknown and not negotiation.prefer_lenient(req.header("prefer")):
             raise outcomes.bad_request(f"Unknown $everything parameter {unknown[0]}", (unknown[0],), "bad-parameter")
         count = _count(req.param("_count"), self.default_count, self.max_count)
-        since = _instant(req.param("_since"), "_since")
+        since = parse_instant(req.param("_since"), "_since")
         types = _types(req.param("_type"))
         after_pk, snapshot = _decode_pk_cursor(req.param("_cursor"))
         page, next_pk, snapshot = await self.gate.everything(
@@ -335,7 +335,7 @@ def _count(value: str | None, default: int, maximum: int) -> int:
     return min(int(value), maximum)
 
 
-def _instant(value: str | None, name: str, *, high: bool = False) -> datetime | None:
+def parse_instant(value: str | None, name: str, *, high: bool = False) -> datetime | None:
     if not value:
         return None
     try:

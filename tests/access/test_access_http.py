@@ -248,3 +248,33 @@ def test_writing_needs_a_relationship_and_tags_the_writer_as_owner(record, as_us
     assert written.status_code == 201
     tags = written.json()["meta"]["tag"]
     assert tags == [owner_tag("RR8")]  # the writer's organisation owns what it writes
+
+
+# -- national data opt-out -------------------------------------------------------------------------------
+
+
+def test_the_national_opt_out_applies_to_exports_not_to_direct_care(record, as_user) -> None:  # noqa: ANN001
+    opt_out = {"resourceType": "Consent", "id": "opt-out-alice", "status": "active",
+               "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                     "code": "research"}]},
+               "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+               "patient": {"reference": "Patient/alice"}, "dateTime": "2026-11-01T10:00:00Z",
+               "provision": {"type": "deny"}}
+    assert record.put("/fhir/Consent/opt-out-alice", json=opt_out, headers={"Content-Type": FHIR}).status_code == 201
+    # Direct care: unchanged.
+    assert record.get("/fhir/Observation/obs-alice-hr", headers=as_user("RR8")).status_code == 200
+    # Secondary use: Alice is absent, Bob present.
+    exported = record.get("/fhir/$export?_type=Patient,Observation")
+    assert exported.status_code == 200 and exported.headers["content-type"].startswith("application/fhir+ndjson")
+    lines = [line for line in exported.text.splitlines() if line]
+    ids = {orjson_id(line) for line in lines}
+    assert "bob" in ids and "obs-bob-hr" in ids
+    assert not {"alice", "obs-alice-hr", "obs-alice-gp-bp", "obs-alice-psy"} & ids
+    # A person's token is for direct care, not bulk export.
+    assert record.get("/fhir/$export", headers=as_user("RR8")).status_code == 403
+
+
+def orjson_id(line: str) -> str:
+    import json
+
+    return json.loads(line)["id"]
