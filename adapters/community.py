@@ -11,7 +11,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 from adapters.hl7v2.parser import Message
-from adapters.hospital import check_z_segments, label_resources, unlabelled_types
+from adapters.hospital import check_z_segments, label_for_sender
 from adapters.senders import SenderConfig
 from mappings.hl7v2.dispatch import map_message
 from mappings.result import MappingResult
@@ -20,5 +20,4 @@ from mappings.result import MappingResult
 def adapt(message: Message, sender: SenderConfig) -> MappingResult:
     """`message` from a community service → its MappingResult, labelled per configuration."""
     check_z_segments(message, sender)
-    result = map_message(message, sender)
-    return label_resources(result, sender.security_labels, unlabelled_types(sender))
+    return label_for_sender(map_message(message, sender), sender, sender.security_labels)

@@ -10,6 +10,8 @@ module adds only what depends on who sent the message —
   `meta.security` of every resource except the shared directory types (Organization, Practitioner,
   PractitionerRole, Location: not patient data, and shared by every sender). A sender's `extra`
   may override that list with `"unlabelled_types": [...]`.
+- the data-owner tag (`consent.vocabulary.owner_tag(sender ODS code)` in `meta.tag`) on the same
+  resources: the organisation whose data it is, which access control and consent decide on.
 
 Pure: no I/O, no clock (DESIGN.md, "Packages and what each owns").
 """
@@ -20,6 +22,7 @@ from collections.abc import Iterable
 
 from adapters.hl7v2.parser import Message
 from adapters.senders import SecurityLabel, SenderConfig
+from consent.vocabulary import OWNER_TAG_SYSTEM, owner_tag
 from mappings.hl7v2.dispatch import map_message
 from mappings.result import SEGMENT_SEQUENCE_ERROR, ErrorLocation, MappingError, MappingResult
 
@@ -29,8 +32,15 @@ DIRECTORY_TYPES = frozenset({"Organization", "Practitioner", "PractitionerRole",
 def adapt(message: Message, sender: SenderConfig) -> MappingResult:
     """`message` from a hospital → its MappingResult, labelled as the sender's configuration says."""
     check_z_segments(message, sender)
-    result = map_message(message, sender)
-    return label_resources(result, sender.security_labels, unlabelled_types(sender))
+    return label_for_sender(map_message(message, sender), sender, sender.security_labels)
+
+
+def label_for_sender(result: MappingResult, sender: SenderConfig,
+                     labels: Iterable[SecurityLabel]) -> MappingResult:
+    """`labels` and the sender's data-owner tag on every resource but the shared directory types."""
+    unlabelled = unlabelled_types(sender)
+    label_resources(result, labels, unlabelled)
+    return tag_owner(result, sender.ods_code, unlabelled)
 
 
 def check_z_segments(message: Message, sender: SenderConfig) -> None:
@@ -72,13 +82,39 @@ def label_resources(result: MappingResult, labels: Iterable[SecurityLabel],
     return result
 
 
+def tag_owner(result: MappingResult, ods_code: str,
+              untagged: frozenset[str] = DIRECTORY_TYPES) -> MappingResult:
+    """Name `ods_code` as the data owner in `meta.tag` of each resource not in `untagged` (FHIR R4 Meta.tag).
+
+    The tag is `consent.vocabulary.owner_tag`: one per resource, replacing any other data-owner
+    tag a map set, so tagging twice changes nothing. Shared directory resources carry no owner.
+    """
+    tag = owner_tag(ods_code)
+    for resource in result.resources:
+        tags = [c for c in (resource.get("meta") or {}).get("tag") or () if c.get("system") != OWNER_TAG_SYSTEM]
+        if resource.get("resourceType") not in untagged:
+            tags.append(dict(tag))
+        _set_meta(resource, "tag", tags)
+    return result
+
+
 def _set_security(resource: dict, security: list[dict]) -> None:
+    _set_meta(resource, "security", security)
+
+
+def _set_meta(resource: dict, element: str, codings: list[dict]) -> None:
+    """`meta.<element>` set to `codings`, or removed when empty (an empty meta is removed too)."""
     meta = dict(resource.get("meta") or {})
-    if security:
-        meta["security"] = security
+    if codings:
+        meta[element] = codings
     else:
-        meta.pop("security", None)
-    if meta:
-        resource["meta"] = meta
-    else:
+        meta.pop(element, None)
+    if not meta:
         resource.pop("meta", None)
+    elif "meta" in resource:
+        resource["meta"] = meta
+    else:  # where FHIR JSON puts it, after the id
+        items = list(resource.items())
+        at = next((i + 1 for i, (k, _) in enumerate(items) if k == "id"), 0)
+        resource.clear()
+        resource.update([*items[:at], ("meta", meta), *items[at:]])

@@ -12,7 +12,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 from adapters.hl7v2.parser import Message
-from adapters.hospital import check_z_segments, label_resources, unlabelled_types
+from adapters.hospital import check_z_segments, label_for_sender
 from adapters.senders import SecurityLabel, SenderConfig
 from mappings.hl7v2.dispatch import map_message
 from mappings.result import MappingResult
@@ -33,5 +33,4 @@ def labels_for(sender: SenderConfig) -> tuple[SecurityLabel, ...]:
 def adapt(message: Message, sender: SenderConfig) -> MappingResult:
     """`message` from a mental health trust → its MappingResult with every patient resource labelled."""
     check_z_segments(message, sender)
-    result = map_message(message, sender)
-    return label_resources(result, labels_for(sender), unlabelled_types(sender))
+    return label_for_sender(map_message(message, sender), sender, labels_for(sender))

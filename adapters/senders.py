@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 SenderKind = Literal["hospital", "community", "mental_health"]
 LOCAL_ID_BASE = "https://fhir.sharedcare.dev/Id"
+DEFAULT_TIMEZONE = "Europe/London"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class SenderConfig:
     # "keep": Z-segments are stored with the raw message and reported as unmapped, never fatal.
     z_segments: Literal["keep", "reject"] = "keep"
     security_labels: tuple[SecurityLabel, ...] = ()
+    # IANA time zone in which the sender's times without a UTC offset are read (HL7 v2.5 §2A.22 DTM:
+    # no offset means the sender's local time). UK systems send local time: GMT in winter, BST in summer.
+    timezone: str = DEFAULT_TIMEZONE
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def system_for(self, what: str) -> str:

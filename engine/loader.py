@@ -21,6 +21,7 @@ from engine.db.repository import utc_now
 from engine.fhir import writes
 from engine.fhir.rest import FhirRequest, FhirService
 from engine.fhir.transaction import process_bundle
+from engine.ingest.files import is_golden_file
 from engine.outcomes import FhirError
 
 LOADER = system_principal("sharedcare-loader", "sharedcare bulk loader")
@@ -48,7 +49,8 @@ def find_files(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix in {".json", ".ndjson"} and p.is_file()))
+            found.extend(sorted(p for p in path.rglob("*")
+                                if p.suffix in {".json", ".ndjson"} and p.is_file() and not is_golden_file(p)))
         elif path.suffix.lower() not in HL7_SUFFIXES:
             found.append(path)
     return found

@@ -76,10 +76,21 @@ class Merge:
 
 
 @dataclass(frozen=True)
-class Action:
-    """Something the engine does beyond upserting resources, e.g. ("merge", Merge(...))."""
+class Supersede:
+    """MDM^T08 edit with replacement: the stored `resource_type/resource_id` (the original document)
+    is superseded by `by` (`DocumentReference/<id>`, the replacement this message carries)."""
 
-    kind: Literal["merge"]
+    resource_type: str
+    resource_id: str
+    by: str
+
+
+@dataclass(frozen=True)
+class Action:
+    """Something the engine does beyond upserting resources: ("merge", Merge(...)) or
+    ("supersede", Supersede(...)) — a change to a stored resource the map cannot write whole."""
+
+    kind: Literal["merge", "supersede"]
     detail: Any
 
 

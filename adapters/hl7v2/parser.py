@@ -6,8 +6,10 @@ a typical 1.5 KB ADT at a few tens of microseconds (bench/hl7_parse.py).
 
 What is tolerated, because senders do it: segments ended by CR, LF or CRLF and stray blank lines;
 a byte-order mark; non-default encoding characters (HL7 v2.5 §2.5.4), a truncation character
-(v2.7 §2.5.5.6) and a doubled escape character in MSH-2; Z-segments and ADD continuation segments
-(kept as segments like any other); unknown or unterminated escape sequences (kept literally).
+(v2.7 §2.5.5.6) and a doubled escape character in MSH-2; Z-segments (kept as segments like any
+other); ADD continuation segments, joined to the segment they continue (HL7 v2.5 §2.10.2: ADD-1
+continues the preceding segment's last field, further ADD fields are its next fields); unknown or
+unterminated escape sequences (kept literally).
 What is not: text that does not start with an MSH segment, an MSH without MSH-9, and lines whose
 first three characters are not a segment name — those raise `ParseError` with an HL7 table 0357
 code and an ERR-2 style location, for the ACK.
@@ -465,6 +467,9 @@ def parse_message(text: str) -> Message:
             raise ParseError(SEGMENT_SEQUENCE_ERROR,
                              f"line {number}: {line[:20]!r} does not start with a segment name",
                              ErrorLocation(name if _SEGMENT_NAME.match(name) else "", 1))
+        if name == "ADD" and segments and segments[-1].name not in _HEADERS:
+            segments[-1] = continued(segments[-1], line)
+            continue
         occurrence = counts.get(name, 0) + 1
         counts[name] = occurrence
         append(Segment(name, occurrence, line, encoding))
@@ -473,6 +478,18 @@ def parse_message(text: str) -> Message:
         raise ParseError(REQUIRED_FIELD_MISSING, "MSH-9 message type is missing",
                          ErrorLocation("MSH", 1, 9))
     return message
+
+
+def continued(segment: Segment, add: str) -> Segment:
+    """`segment` with an ADD segment's fields joined on (HL7 v2.5 §2.10.2, "Continuation messages and
+    segments"): ADD-1 is appended to the segment's last field as is, and ADD-2… become the fields
+    after it. An empty ADD (`ADD` or `ADD|`) adds nothing.
+
+    >>> nte = parse_message("MSH|^~\\\\&|A|B|C|D|1||ORU^R01|1|P|2.5\\rNTE|1|L|Fasting \\rADD|sample|2").first("NTE")
+    >>> nte.value(3), nte.value(4)
+    ('Fasting sample', '2')
+    """
+    return Segment(segment.name, segment.occurrence, segment.raw + add[4:], segment.encoding)
 
 
 def split_batch(text: str) -> list[str]:

@@ -29,6 +29,7 @@ import orjson
 from sqlalchemy import Text, bindparam, cast, null, select, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from consent.vocabulary import owner_tag
 from engine.auth import system_principal
 from engine.db.ingest_schema import resource_sources
 from engine.db.repository import format_instant
@@ -46,6 +47,7 @@ from mappings.result import (
     MappingResult,
     Merge,
     PatientKey,
+    Supersede,
 )
 
 INGEST = system_principal("sharedcare-ingest", "sharedcare HL7 v2 ingest")
@@ -263,7 +265,9 @@ async def prepare(conn: AsyncConnection, result: MappingResult, *, event_time: d
     plan = Plan(patient_id=result.patient_id)
     merges = [a.detail for a in result.actions if a.kind == "merge" and isinstance(a.detail, Merge)]
     survivor_key = result.patient_key or (merges[0].survivor if merges else None)
-    wanted = {(d["resourceType"], d["id"]) for d in documents} | set(extra_keys)
+    supersedes = [a.detail for a in result.actions if a.kind == "supersede" and isinstance(a.detail, Supersede)]
+    wanted = ({(d["resourceType"], d["id"]) for d in documents} | set(extra_keys)
+              | {(s.resource_type, s.resource_id) for s in supersedes})
     codes = sorted({value for _, value in identity.key_identifiers(survivor_key)}) if result.patient_id else []
     currents, candidates = await read_state(conn, wanted, codes)
     if codes and survivor_key is not None:
@@ -287,7 +291,29 @@ async def prepare(conn: AsyncConnection, result: MappingResult, *, event_time: d
     plan_resources(documents, plan.currents, event_time, result.merge_identifiers, plan)
     planned = {c.key for c in plan.changes}
     plan.changes.extend(c for c in moved if c.key not in planned)
+    for supersede in supersedes:
+        plan_supersede(supersede, plan)
     return plan
+
+
+def plan_supersede(supersede: Supersede, plan: Plan) -> None:
+    """The stored original of an MDM^T08 replacement gets `status: superseded` (a new version).
+
+    A replacement is final, so this applies whatever event the original last reflected; an original
+    that is not stored (or deleted, or already superseded or entered in error) is left alone, with a
+    warning when it is missing. Its recorded event time stays its own (`track_source=False`).
+    """
+    key = (supersede.resource_type, supersede.resource_id)
+    if key in {c.key for c in plan.changes}:
+        return  # the message itself writes that resource
+    current = plan.currents.get(key)
+    if current is None or current.deleted or current.content is None:
+        plan.warnings.append(f"supersede: {key[0]}/{key[1]}, replaced by {supersede.by}, is not stored")
+        return
+    if current.content.get("status") in {"superseded", "entered-in-error"}:
+        return
+    plan.changes.append(Change({**comparable(current.content), "status": "superseded"}, current,
+                               track_source=False))
 
 
 def _repoint(documents: list[dict[str, Any]], mapped_id: str, stored_id: str) -> list[dict[str, Any]]:
@@ -394,7 +420,8 @@ def provenance(plan: Plan, *, message_id: int, sender_ods: str, sender_name: str
 
     `activity` is v3-DataOperation CREATE when it only created resources, else UPDATE; a merge
     adds iso-21089-lifecycle `merge`. The agent is the sending Organization (by ODS code) as
-    author, with sharedcare-ingest as assembler; the entity is the stored message.
+    author, with sharedcare-ingest as assembler; the entity is the stored message. Like the
+    resources it targets, it is tagged with the sender as data owner (`consent.vocabulary.owner_tag`).
     None when the message changed nothing (a Provenance needs a target).
     """
     targets = [c for c in plan.changes if c.key[0] != "Provenance"]
@@ -413,6 +440,7 @@ def provenance(plan: Plan, *, message_id: int, sender_ods: str, sender_name: str
     return {
         "resourceType": "Provenance",
         "id": provenance_id(message_id),
+        "meta": {"tag": [owner_tag(sender_ods)]},
         "target": [{"reference": c.versioned_reference} for c in targets],
         "recorded": format_instant(now),
         "activity": {"coding": codings},

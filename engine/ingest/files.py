@@ -17,6 +17,15 @@ from adapters.hl7v2.parser import decode_bytes, split_batch
 from engine.ingest.pipeline import IngestContext, ingest_message
 
 HL7_SUFFIXES = frozenset({".hl7", ".txt", ".er7"})
+# Golden files beside fixture messages (`fixtures/hl7v2/<TYPE>/NN_name.expected.json`): what a test
+# expects the map to make of the message. They are neither messages nor FHIR, so loading a fixture
+# folder (`sharedcare load fixtures/hl7v2`) must skip them.
+GOLDEN_SUFFIX = ".expected.json"
+
+
+def is_golden_file(path: Path) -> bool:
+    """Whether `path` is a golden file (`*.expected.json`), never to be loaded."""
+    return path.name.lower().endswith(GOLDEN_SUFFIX)
 
 
 @dataclass
@@ -44,11 +53,13 @@ class FileIngestReport:
 
 
 def hl7_files(paths: Iterable[Path | str]) -> list[Path]:
-    """Files named, and under folders named the .hl7/.txt/.er7 files (recursively), in name order."""
+    """Files named, and under folders named the .hl7/.txt/.er7 files (recursively, golden files never),
+    in name order."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in HL7_SUFFIXES and p.is_file()))
+            found.extend(sorted(p for p in path.rglob("*")
+                                if p.suffix.lower() in HL7_SUFFIXES and p.is_file() and not is_golden_file(p)))
         else:
             found.append(path)
     return found

@@ -273,8 +273,8 @@ def merge_stored(stored: Mapping[str, Any], incoming: dict[str, Any]) -> dict[st
 
     The message's content replaces the stored content (it is the newer event), except that
     identifiers are merged (`merge_identifiers`), merge links (`link`) are kept, and security
-    labels are never dropped by another sender's update (a Patient a mental health trust
-    labelled stays labelled).
+    labels and tags are never dropped by another sender's update (a Patient a mental health trust
+    labelled stays labelled; a Patient two trusts send carries both data-owner tags).
     """
     merged = dict(incoming)
     identifiers = merge_identifiers(list(stored.get("identifier") or ()), list(incoming.get("identifier") or ()))
@@ -284,10 +284,14 @@ def merge_stored(stored: Mapping[str, Any], incoming: dict[str, Any]) -> dict[st
     _set_or_drop(merged, "link", links)
     if stored.get("resourceType") == "Patient" and stored.get("active") is False and "active" not in incoming:
         merged["active"] = False
-    security = _union((stored.get("meta") or {}).get("security"), (incoming.get("meta") or {}).get("security"),
-                      lambda c: (c.get("system"), c.get("code")))
-    if security:
-        merged["meta"] = {**(incoming.get("meta") or {}), "security": security}
+    meta = dict(incoming.get("meta") or {})
+    for element in ("security", "tag"):
+        codings = _union((stored.get("meta") or {}).get(element), meta.get(element),
+                         lambda c: (c.get("system"), c.get("code")))
+        if codings:
+            meta[element] = codings
+    if meta:
+        merged["meta"] = meta
     return merged
 
 

@@ -44,6 +44,7 @@ from engine.db.repository import utc_now
 from engine.ingest import apply, identity, store
 from engine.ingest.senders import accept_unknown_senders, load_senders
 from engine.ingest.store import MessageRecord, StoredMessage
+from engine.transfers.discharge import after_ingest
 from mappings.result import (
     APPLICATION_INTERNAL_ERROR,
     APPLICATION_RECORD_LOCKED,
@@ -244,7 +245,7 @@ class _Job:
     async def _apply_in(self, conn: AsyncConnection, message: Message, sender: SenderConfig,
                         result: MappingResult) -> IngestOutcome:
         now = self.ctx.moment()
-        await identity.lock_patients(conn, _people(result))
+        reserved = await self._lock(conn, result)
         extra = [("Provenance", apply.provenance_id(self.existing.id))] if self.existing else []
         event_time = naive_utc(result.event_time) if result.event_time else None
         plan = await apply.prepare(conn, result, event_time=event_time, extra_keys=extra)
@@ -253,9 +254,12 @@ class _Job:
         record = self._record(message, PROCESSED, "AA", ack, now, event_time=event_time,
                               unmapped=list(result.unmapped) or None, warnings=warnings or None,
                               patient_id=plan.patient_id)
-        message_id = await self._store(conn, record)
-        if message_id is None:
-            raise _Duplicate()
+        if reserved is None:  # stored now; on PostgreSQL, by the write statement below
+            message_id = await self._store(conn, record)
+            if message_id is None:
+                raise _Duplicate()
+        else:
+            message_id = reserved
         document = apply.provenance(plan, message_id=message_id, sender_ods=sender.ods_code,
                                     sender_name=sender.name, message_type=message.message_type,
                                     control_id=message.control_id, now=now,
@@ -266,8 +270,21 @@ class _Job:
             changes.append(apply.Change(document, current, track_source=False))
         sources = store.SourceUpdate(message_id, event_time, frozenset(c.key for c in plan.changes if c.track_source),
                                      tuple(plan.refreshed_sources))
-        await store.write_changes(conn, changes, now, sources)
+        try:
+            await store.write_changes(conn, changes, now, sources,
+                                      message=(message_id, record) if reserved is not None else None)
+        except store.DuplicateMessage:
+            raise _Duplicate() from None
+        await after_ingest(conn, message, sender, result, now=now)  # transfers of care (docs/transfers.md)
         return IngestOutcome(ack, "AA", PROCESSED, message_id)
+
+    async def _lock(self, conn: AsyncConnection, result: MappingResult) -> int | None:
+        """Lock the people the message is about; on PostgreSQL also reserve the new message's id, in the
+        same round trip (the message row is then inserted by the write statement). None: store it first."""
+        if conn.dialect.name != "postgresql" or self.existing is not None:
+            await identity.lock_patients(conn, _people(result))
+            return None
+        return await store.lock_and_reserve(conn, identity.patient_lock_keys(_people(result)))
 
     # -- failure -----------------------------------------------------------------------------------
 

@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from adapters.senders import SecurityLabel, SenderConfig, SenderKind
+from adapters.senders import DEFAULT_TIMEZONE, SecurityLabel, SenderConfig, SenderKind
 
 SENDERS_FILE_ENV = "SHAREDCARE_SENDERS_FILE"
 ACCEPT_UNKNOWN_ENV = "SHAREDCARE_ACCEPT_UNKNOWN_SENDERS"
@@ -46,11 +47,24 @@ def sender_from_json(entry: Mapping[str, Any], where: str = "sender") -> SenderC
     z_segments = entry.get("z_segments", "keep")
     if z_segments not in ("keep", "reject"):
         raise SenderConfigError(f"{where}: z_segments must be 'keep' or 'reject'")
+    timezone = entry.get("timezone", DEFAULT_TIMEZONE)
+    if not _is_time_zone(timezone):
+        raise SenderConfigError(f"{where}: timezone {timezone!r} is not an IANA time zone name (e.g. Europe/London)")
     labels = tuple(_label(label, f"{where}.security_labels[{i}]")
                    for i, label in enumerate(entry.get("security_labels") or ()))
     values = {k: v for k, v in entry.items() if k not in {"security_labels", "extra", "ods_code"}}
     return SenderConfig(**{**values, "ods_code": ods_code, "security_labels": labels,
                            "extra": dict(entry.get("extra") or {})})
+
+
+def _is_time_zone(name: Any) -> bool:
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _label(value: Any, where: str) -> SecurityLabel:

@@ -1,9 +1,11 @@
 """What ingest writes: the message store (`hl7_messages`) and the batched resource writes.
 
 Messages: every inbound message gets a row before its ACK leaves (DESIGN.md principle 1) — a
-processed one in the same transaction as its effects, a failed one on its own. `insert_message` is
+processed one in the same transaction as its effects, a failed one on its own. The row's insert is
 the de-duplication point, `INSERT … ON CONFLICT (sender, control_id) DO NOTHING`, so that of two
-copies of one message racing in exactly one is stored and the other finds it.
+copies of one message racing in exactly one is stored and the other finds it: `insert_message` on
+its own, or — for a processed message on PostgreSQL — inside the one write statement, with the id
+reserved beforehand by `lock_and_reserve` (so that the Provenance can name the message).
 
 Resources: `write_changes` writes a planned message (engine/ingest/apply.py) — new resources, new
 versions, their search index and `resource_sources` — in the shape `engine.db.repository` stores
@@ -135,6 +137,32 @@ async def insert_message(conn: AsyncConnection, record: MessageRecord) -> int | 
     return (await conn.execute(statement, {**_row(record), "attempts": 1})).scalar_one_or_none()
 
 
+async def _insert_reserved(conn: AsyncConnection, message_id: int, record: MessageRecord) -> None:
+    statement = _INSERT["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    stored = (await conn.execute(statement, {**_row(record), "attempts": 1, "id": message_id})).scalar_one_or_none()
+    if stored is None:
+        raise DuplicateMessage(record.control_id)
+
+
+# The per-person advisory locks (identity.lock_patients' statement, in key order) and a message id
+# reserved from the table's sequence, in one round trip. PostgreSQL keeps the volatile lock calls of
+# the subquery although count(*) does not read them, and calls them after its ORDER BY.
+_LOCK_AND_RESERVE = text(
+    "SELECT nextval(pg_get_serial_sequence('hl7_messages', 'id')), (SELECT count(*) FROM"
+    " (SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS l)"
+)
+
+
+async def lock_and_reserve(conn: AsyncConnection, lock_keys: Sequence[int]) -> int:
+    """PostgreSQL: take the advisory locks `lock_keys` for this transaction and reserve a message id."""
+    row = (await conn.execute(_LOCK_AND_RESERVE, {"keys": sorted(set(lock_keys))})).one()
+    return int(row[0])
+
+
+class DuplicateMessage(Exception):
+    """`write_changes` was given a message row whose (sender, control_id) is stored already."""
+
+
 async def update_message(conn: AsyncConnection, message_id: int, record: MessageRecord) -> None:
     """Record another attempt at a stored message (replay): its new status, ACK and details.
 
@@ -242,21 +270,27 @@ def _versions(changes: Sequence[Change], now: datetime) -> list[_Version]:
 
 
 async def write_changes(conn: AsyncConnection, changes: Sequence[Change], now: datetime,
-                        sources: SourceUpdate | None = None) -> list[Written]:
+                        sources: SourceUpdate | None = None,
+                        message: tuple[int, MessageRecord] | None = None) -> list[Written]:
     """Write `changes` as new versions with their search index (and `sources`), batched.
 
     The stored shape is the repository's (engine.db.repository.create/update): `meta.versionId`
     and `meta.lastUpdated` stamped, every version kept in `resource_versions`, index rows
     replaced. On PostgreSQL it is one statement (`_PG_WRITE`); elsewhere a few executemany
     statements. Raises `ConcurrentChange` when a resource is no longer at the version planned.
+
+    `message` — (reserved id, row) — is inserted too, in the same statement on PostgreSQL; when its
+    (sender, control_id) is stored already, `DuplicateMessage` is raised (the caller rolls back).
     """
+    if message is not None and (not changes or conn.dialect.name != "postgresql"):
+        await _insert_reserved(conn, *message)
     if not changes:
         if sources is not None:
             await record_sources(conn, sources.refreshed, sources.event_time, sources.message_id)
         return []
     versions = _versions(changes, now)
     if conn.dialect.name == "postgresql":
-        return await _write_postgresql(conn, versions, sources)
+        return await _write_postgresql(conn, versions, sources, message)
     written = await _write_generic(conn, versions)
     if sources is not None:
         pks = [w.pk for w in written if (w.res_type, w.res_id) in sources.keys] + list(sources.refreshed)
@@ -316,7 +350,6 @@ def _index_rows(versions: Iterable[_Version]) -> dict[str, list[dict[str, Any]]]
     return rows
 
 
-# The statement stays under psycopg's 4 KB limit for caching a query's parsed form.
 _PG_RESOURCES = """n AS (INSERT INTO resources (res_type, res_id, version_id, last_updated, deleted, patient_id, content)
  SELECT res_type, res_id, 1, last_updated, false, patient_id, content FROM jsonb_to_recordset(:creates)
  AS x(res_type text, res_id text, last_updated timestamp, patient_id text, content jsonb)
@@ -335,16 +368,25 @@ sources AS (INSERT INTO resource_sources (res_pk, event_time, message_id)
  AS s(pk) ON CONFLICT (res_pk) DO UPDATE
  SET event_time = COALESCE(EXCLUDED.event_time, resource_sources.event_time), message_id = EXCLUDED.message_id)"""
 _PG_TYPES = {"String": "text", "Float": "float8", "DateTime": "timestamp"}
+_MESSAGE_COLUMNS = ("id", *MessageRecord.__dataclass_fields__, "attempts")
+_PG_MESSAGE_TYPES = {"id": "bigint", "attempts": "int", "received_at": "timestamp", "event_time": "timestamp",
+                     "processed_at": "timestamp", "unmapped": "json", "warnings": "json"}
+_MESSAGE_NAMES = ", ".join(_MESSAGE_COLUMNS)
+_MESSAGE_RECORD = ", ".join(f"{c} {_PG_MESSAGE_TYPES.get(c, 'text')}" for c in _MESSAGE_COLUMNS)
+_PG_MESSAGE = (f"m AS (INSERT INTO hl7_messages ({_MESSAGE_NAMES}) SELECT {_MESSAGE_NAMES}"
+               f" FROM jsonb_to_record(:message) AS x({_MESSAGE_RECORD}) ON CONFLICT (sender, control_id) DO NOTHING"
+               " RETURNING id)")
 
 
-def _pg_write_sql() -> str:
+def _pg_write_sql(with_message: bool = False) -> str:
     """One PostgreSQL statement for a whole batch: data-modifying CTEs fed by JSON recordsets.
 
     New resources are inserted (`n`) and updated ones updated (`u`, only if still at the planned
     version); both (`a`) get their versions appended and `resource_sources` recorded; the updated
     ones' index rows are deleted and every new index row inserted, joined on (res_type, res_id)
     to the pks `a` returns. Returns the number updated and the (type, id, pk) of those created. Sibling CTEs share one snapshot, so the deletes never see the rows the
-    inserts add (https://www.postgresql.org/docs/15/queries-with.html).
+    inserts add (https://www.postgresql.org/docs/15/queries-with.html). `with_message` adds the
+    message row (`m`, ON CONFLICT DO NOTHING: no id back for a duplicate).
     """
     parts = [_PG_RESOURCES]
     for kind, table in INDEX_TABLES.items():
@@ -355,15 +397,23 @@ def _pg_write_sql() -> str:
         parts.append(f"i_{kind} AS (INSERT INTO {table.name} (res_pk, {names}) SELECT pk, {names}"
                      f" FROM jsonb_to_recordset(:idx_{kind}) AS x({record}, res_id text)"
                      f" JOIN a USING (res_type, res_id))")
+    if with_message:
+        parts.append(_PG_MESSAGE)
     return ("WITH " + ",\n".join(parts) + "\nSELECT (SELECT count(*) FROM u),"
-            " (SELECT jsonb_agg(jsonb_build_array(res_type, res_id, pk)) FROM n)")
+            " (SELECT jsonb_agg(jsonb_build_array(res_type, res_id, pk)) FROM n)"
+            + (", (SELECT id FROM m)" if with_message else ""))
 
 
+# One statement for everything, care relationships included (INDEX_TABLES["relationship"]). With eight
+# row tables it is longer than psycopg's 4 KB limit for caching a query's parsed form: converting it
+# then costs ~50 µs a message (measured), far less than the two extra round trips (DELETE and INSERT
+# of the relationship rows) that splitting it cost. The server-side prepared statement is unaffected.
 _PG_WRITE = text(_pg_write_sql())
+_PG_WRITE_WITH_MESSAGE = text(_pg_write_sql(with_message=True))
 
 
-async def _write_postgresql(conn: AsyncConnection, versions: list[_Version],
-                            sources: SourceUpdate | None) -> list[Written]:
+async def _write_postgresql(conn: AsyncConnection, versions: list[_Version], sources: SourceUpdate | None,
+                            message: tuple[int, MessageRecord] | None = None) -> list[Written]:
     creates = [{"res_type": v.res_type, "res_id": v.res_id, "last_updated": v.moment,
                 "patient_id": patient_compartment(v.document), "content": v.document}
                for v in versions if v.current is None]
@@ -379,7 +429,13 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[_Version],
     }
     index = _index_rows(versions)
     params.update((f"idx_{kind}", _json(index.get(kind, []))) for kind in INDEX_TABLES)
-    updated, created = (await conn.execute(_PG_WRITE, params)).one()
+    if message is None:
+        updated, created = (await conn.execute(_PG_WRITE, params)).one()
+    else:
+        params["message"] = Jsonb({**_row(message[1]), "attempts": 1, "id": message[0]}, dumps=_orjson_text)
+        updated, created, stored = (await conn.execute(_PG_WRITE_WITH_MESSAGE, params)).one()
+        if stored is None:
+            raise DuplicateMessage(message[1].control_id)
     if updated != len(updates):
         raise ConcurrentChange("a resource changed while this message was applied")
     pks = {(t, i): pk for t, i, pk in created or ()}

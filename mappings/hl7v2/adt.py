@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 
 from mappings.hl7v2.clinical import CLINICAL_FIELDS_READ, map_clinical
 from mappings.hl7v2.coverage import HEADER_FIELDS_READ, MRG_FIELDS_READ, combine, unmapped_fields
-from mappings.hl7v2.datatypes import JSON, comp, parse_v2_datetime
+from mappings.hl7v2.datatypes import JSON, comp, in_sender_time_zone, parse_v2_datetime
 from mappings.hl7v2.encounter import ENCOUNTER_FIELDS_READ, map_encounter
 from mappings.hl7v2.patient import (
     PATIENT_FIELDS_READ,
@@ -34,6 +34,7 @@ from mappings.hl7v2.patient import (
     classify_identifiers,
     map_patient,
     map_pid,
+    subject_key,
 )
 from mappings.result import (
     REQUIRED_FIELD_MISSING,
@@ -136,7 +137,7 @@ def map_visit_event(message: Message, sender: SenderConfig) -> MappingResult:
     encounter = map_encounter(message.first("PV1"), message.first("PV2"), message.trigger, patient.patient_id,
                               local_patient_id(patient, sender), sender)
     clinical = map_clinical(message.all("AL1"), message.all("DG1"), patient.patient_id,
-                            encounter.encounter_id if encounter else None, sender)
+                            subject_key(patient.key, sender), encounter.encounter_id if encounter else None, sender)
     resources = [*patient.resources]
     if encounter is not None:
         if clinical.diagnoses:
@@ -149,7 +150,8 @@ def map_visit_event(message: Message, sender: SenderConfig) -> MappingResult:
 def map_patient_event(message: Message, sender: SenderConfig) -> MappingResult:
     """A28 A31: demographics only (UK ITK ADT_A05 structure); PV1, if any, is not used."""
     patient = map_patient(message, sender)
-    clinical = map_clinical(message.all("AL1"), message.all("DG1"), patient.patient_id, None, sender)
+    clinical = map_clinical(message.all("AL1"), message.all("DG1"), patient.patient_id,
+                            subject_key(patient.key, sender), None, sender)
     return _result(message, "patient", [*patient.resources, *clinical.resources], patient, clinical.warnings)
 
 
@@ -201,9 +203,9 @@ def map_merge_event(message: Message, sender: SenderConfig) -> MappingResult:
 
 
 _KIND_MAPS: dict[AdtKind, MessageMap] = {
-    "visit": map_visit_event,
-    "patient": map_patient_event,
-    "merge": map_merge_event,
+    "visit": in_sender_time_zone(map_visit_event),
+    "patient": in_sender_time_zone(map_patient_event),
+    "merge": in_sender_time_zone(map_merge_event),
 }
 
 ADT_MAPS: dict[str, MessageMap] = {f"ADT^{e.trigger}": _KIND_MAPS[e.kind] for e in ADT_EVENTS}

@@ -4,7 +4,10 @@ Normative source: HL7 v2-to-FHIR IG segment maps AL1[AllergyIntolerance] and DG1
 DG1[Encounter], concept maps AllergenType, AllergyType, AllergySeverity, DiagnosisType.
 UK Core: AllergyIntolerance.code is 1..1, so an AL1 without AL1-3 yields no resource (a warning).
 
-Pure: `(segment, patient id, encounter id, SenderConfig) → resource | None`.
+Ids derive from the sender and its own name for the patient (`patient.subject_key`: its MRN), never
+from the Patient id, which changes when an MRN-only patient later arrives with an NHS number.
+
+Pure: `(segment, patient id, subject key, encounter id, SenderConfig) → resource | None`.
 """
 
 from __future__ import annotations
@@ -96,8 +99,9 @@ def allergy_key(al1: Segment) -> str:
     return f"{comp(al1.field(3), 3)}|{code}" if code else comp(al1.field(3), 2).lower()
 
 
-def map_allergy(al1: Segment, patient_id: str, sender: SenderConfig) -> JSON | None:
-    """AL1 → AllergyIntolerance, id from (patient id, AL1-3 code); None when AL1-3 is empty (UK Core code 1..1)."""
+def map_allergy(al1: Segment, patient_id: str, subject: str, sender: SenderConfig) -> JSON | None:
+    """AL1 → AllergyIntolerance, id from (sender, `subject` key, AL1-3 code); None when AL1-3 is empty (UK Core
+    code 1..1). AL1-1 (set id) is not part of it: it is a position in one message, not an identity."""
     key = allergy_key(al1)
     if not key.strip("|"):
         return None
@@ -108,7 +112,7 @@ def map_allergy(al1: Segment, patient_id: str, sender: SenderConfig) -> JSON | N
     }
     apply_field_maps(al1, AL1_MAP, body)
     body["reaction"] = reactions(al1)
-    return finish_resource(body, resource_id("AllergyIntolerance", patient_id, key), sender.security_labels)
+    return finish_resource(body, resource_id("AllergyIntolerance", sender.ods_code, subject, key), sender.security_labels)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,10 +162,11 @@ def condition_key(dg1: Segment) -> str:
     return f"{comp(dg1.field(3), 3)}|{code}" if code else comp(dg1.field(4), 1).lower()
 
 
-def map_condition(dg1: Segment, patient_id: str, encounter_id: str | None,
+def map_condition(dg1: Segment, patient_id: str, subject: str, encounter_id: str | None,
                   sender: SenderConfig) -> tuple[JSON | None, JSON | None, JSON | None]:
-    """DG1 → (Condition, asserter Practitioner, Encounter.diagnosis entry); Condition id from
-    (encounter id, else patient id, DG1-3 code). (None, None, None) when DG1-3 and DG1-4 are empty."""
+    """DG1 → (Condition, asserter Practitioner, Encounter.diagnosis entry); Condition id from (encounter id —
+    itself from the sender's visit number —, else sender and `subject` key; DG1-3 code, else DG1-4 text).
+    (None, None, None) when DG1-3 and DG1-4 are empty."""
     code = diagnosis_code(dg1)
     if code is None:
         return None, None, None
@@ -175,7 +180,8 @@ def map_condition(dg1: Segment, patient_id: str, encounter_id: str | None,
         "asserter": asserter,
     }
     apply_field_maps(dg1, DG1_MAP, body)
-    condition_id = resource_id("Condition", encounter_id or patient_id, condition_key(dg1))
+    owner = (encounter_id,) if encounter_id else (sender.ods_code, subject)
+    condition_id = resource_id("Condition", *owner, condition_key(dg1))
     condition = finish_resource(body, condition_id, sender.security_labels)
     return condition, practitioner, diagnosis_entry(dg1, condition_id) if encounter_id else None
 
@@ -194,19 +200,19 @@ def diagnosis_entry(dg1: Segment, condition_id: str) -> JSON:
 # --------------------------------------------------------------------------------------------------
 
 
-def map_clinical(al1s: list[Segment], dg1s: list[Segment], patient_id: str, encounter_id: str | None,
+def map_clinical(al1s: list[Segment], dg1s: list[Segment], patient_id: str, subject: str, encounter_id: str | None,
                  sender: SenderConfig) -> ClinicalMapping:
     """Every AL1 and DG1 of a message → resources (Practitioners first), diagnoses and warnings."""
     out = ClinicalMapping()
     practitioners: list[JSON] = []
     for al1 in al1s:
-        allergy = map_allergy(al1, patient_id, sender)
+        allergy = map_allergy(al1, patient_id, subject, sender)
         if allergy is None:
             out.warnings.append(f"AL1 #{al1.occurrence}: AL1-3 allergen is empty; no AllergyIntolerance")
         else:
             out.resources.append(allergy)
     for dg1 in dg1s:
-        condition, practitioner, diagnosis = map_condition(dg1, patient_id, encounter_id, sender)
+        condition, practitioner, diagnosis = map_condition(dg1, patient_id, subject, encounter_id, sender)
         if condition is None:
             out.warnings.append(f"DG1 #{dg1.occurrence}: DG1-3 and DG1-4 are empty; no Condition")
             continue

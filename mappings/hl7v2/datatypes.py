@@ -16,17 +16,21 @@ Pure: no I/O, no clock. Reused by every message map (ADT, ORU, ORM/OML, MDM, SIU
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from zoneinfo import ZoneInfo
 
 from adapters.senders import LOCAL_ID_BASE
 from mappings.hl7v2 import codes
 from mappings.ids import resource_id
 
 if TYPE_CHECKING:
+    from adapters.hl7v2.parser import Message
     from adapters.senders import SecurityLabel, SenderConfig
 
 JSON = dict[str, Any]
@@ -177,11 +181,47 @@ def _is_real(v: V2DateTime) -> bool:
     return v.second is None or v.second <= 59
 
 
-def parse_v2_datetime(text: str | None, default_tz: tzinfo = UTC) -> datetime | None:
+# The time zone in which a DTM without an offset is read: the sender's (`SenderConfig.timezone`) while
+# one of its messages is mapped (`in_sender_time_zone`), UTC otherwise. One value for a whole map,
+# set at its entry, so that every datatype function below need not carry it.
+_LOCAL_TIME: ContextVar[tzinfo] = ContextVar("v2_local_time", default=UTC)
+MapFunction = TypeVar("MapFunction", bound=Callable[..., Any])
+
+
+@functools.cache
+def zone(name: str) -> tzinfo:
+    """The IANA time zone `name` (zoneinfo; ZoneInfoNotFoundError if unknown)."""
+    return ZoneInfo(name)
+
+
+def in_sender_time_zone(message_map: MapFunction) -> MapFunction:
+    """Decorate a message map `(Message, SenderConfig) -> MappingResult` so that, while it runs, a DTM
+    without an offset is read in the sender's configured time zone (HL7 v2.5 §2A.22: a time without
+    an offset is the sender's local time). UK senders default to Europe/London: GMT in winter, BST
+    (+01:00) in summer.
+    """
+    @functools.wraps(message_map)
+    def mapped(message: Message, sender: SenderConfig) -> Any:
+        token = _LOCAL_TIME.set(zone(sender.timezone))
+        try:
+            return message_map(message, sender)
+        finally:
+            _LOCAL_TIME.reset(token)
+
+    return mapped  # type: ignore[return-value]
+
+
+def _local(default_tz: tzinfo | None) -> tzinfo:
+    return default_tz if default_tz is not None else _LOCAL_TIME.get()
+
+
+def parse_v2_datetime(text: str | None, default_tz: tzinfo | None = None) -> datetime | None:
     """A v2 DTM/TS as an aware datetime in UTC (missing parts take their lowest value); None if invalid.
 
-    Without an offset the time is read in `default_tz` (UTC unless the caller knows better, e.g.
-    `zoneinfo.ZoneInfo("Europe/London")` for a UK sender that sends local time).
+    Without an offset the time is read in `default_tz`, else in the sender's time zone while a map
+    runs (`in_sender_time_zone`), else UTC. A local time that occurs twice (the autumn clock change)
+    is its first occurrence; one that does not exist (spring) is read with the offset before the
+    change (PEP 495, fold=0).
 
     >>> parse_v2_datetime("202403011230+0100")
     datetime.datetime(2024, 3, 1, 11, 30, tzinfo=datetime.timezone.utc)
@@ -195,7 +235,7 @@ def parse_v2_datetime(text: str | None, default_tz: tzinfo = UTC) -> datetime | 
         return None
     micro = int((v.fraction or "0")[:6].ljust(6, "0"))
     naive = datetime(v.year, v.month or 1, v.day or 1, v.hour or 0, v.minute or 0, v.second or 0, micro)
-    tz: tzinfo = timezone(v.offset) if v.offset is not None else default_tz
+    tz: tzinfo = timezone(v.offset) if v.offset is not None else _local(default_tz)
     try:
         return naive.replace(tzinfo=tz).astimezone(UTC)
     except (OverflowError, ValueError):  # year 1 with a positive offset, year 9999 with a negative one
@@ -223,12 +263,13 @@ def v2_to_fhir_date(text: str | None) -> str | None:
     return out
 
 
-def v2_to_fhir_datetime(text: str | None, default_tz: tzinfo = UTC) -> str | None:
+def v2_to_fhir_datetime(text: str | None, default_tz: tzinfo | None = None) -> str | None:
     """A v2 DTM/TS as a FHIR `dateTime` at the source's precision; None if invalid.
 
     FHIR requires seconds and a zone once a time is given (R4 datatypes §2.24.0.1 dateTime), so
-    HH or HHMM are padded with zeros and a missing offset is taken from `default_tz`. The offset
-    is kept as sent (the instant is not converted).
+    HH or HHMM are padded with zeros and a missing offset is the one `default_tz` (else the sender's
+    time zone while a map runs, else UTC) has at that local time. An offset sent is kept as sent
+    (the instant is not converted).
 
     >>> v2_to_fhir_datetime("20240301")
     '2024-03-01'
@@ -249,7 +290,7 @@ def v2_to_fhir_datetime(text: str | None, default_tz: tzinfo = UTC) -> str | Non
     offset = v.offset
     if offset is None:
         naive = datetime(v.year, v.month or 1, v.day or 1, v.hour or 0, v.minute or 0, v.second or 0)
-        offset = default_tz.utcoffset(naive) or timedelta(0)
+        offset = _local(default_tz).utcoffset(naive) or timedelta(0)
     return f"{day}T{clock}{_format_offset(offset)}"
 
 

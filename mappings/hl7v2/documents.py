@@ -7,7 +7,9 @@ and OBX[DocumentReference]; datatype ED[Attachment]. Choices made here and teste
   is also its masterIdentifier (sender's document system). A T04 status change re-sends the same
   number: same id, new version. A T08 edit that carries a new TXA-12 with the original in TXA-13
   (parent document number) is a new DocumentReference that `relatesTo` replaces the original; with
-  the same TXA-12 it is the same id, versioned. docStatus is amended after a T08 edit.
+  the same TXA-12 it is the same id, versioned. docStatus is amended after a T08 edit. The original
+  is then marked `status: superseded` by the engine (`Action("supersede", Supersede(...))`: the map
+  does not have the stored original to rewrite).
 - content: consecutive TX/FT/ST OBX lines → one text/plain (UTF-8) attachment, lines joined by line
   feeds (the IG says "text/hl7v2" for FT and "application/text" for TX; the parser has already
   decoded escapes and formatting, so the text is plain text); each ED OBX → its own attachment
@@ -39,6 +41,7 @@ from mappings.hl7v2.datatypes import (
     apply_field_maps,
     comp,
     ei_identifier,
+    in_sender_time_zone,
     mapped_concept,
     practitioner_from_xcn,
     reference,
@@ -62,9 +65,11 @@ from mappings.ids import resource_id
 from mappings.result import (
     DATA_TYPE_ERROR,
     REQUIRED_FIELD_MISSING,
+    Action,
     ErrorLocation,
     MappingError,
     MappingResult,
+    Supersede,
 )
 
 if TYPE_CHECKING:
@@ -255,13 +260,23 @@ def map_document(message: Message, sender: SenderConfig) -> MappingResult:
     collected.add(organization, finish(body, doc_id, sender, labels))
     read = {"TXA": frozenset(m.field for m in TXA_MAP) | TXA_NAMED_FIELDS,
             "OBX": frozenset({1, 2, 3, 5}), "ORC": frozenset({2})}
-    return mapping_result(message, patient, collected, read)
+    result = mapping_result(message, patient, collected, read)
+    result.actions += superseded(body["relatesTo"], doc_id)
+    return result
+
+
+def superseded(relations: list[JSON], doc_id: str) -> list[Action]:
+    """A `replaces` relation (T08 with a new TXA-12) → the engine marks the original superseded
+    (https://hl7.org/fhir/R4/documentreference.html: status superseded, "replaced by another")."""
+    return [Action("supersede", Supersede("DocumentReference", r["target"]["reference"].split("/", 1)[1],
+                                          f"DocumentReference/{doc_id}"))
+            for r in relations if r["code"] == "replaces"]
 
 
 DOCUMENT_MAPS: dict[str, Callable[[Message, SenderConfig], MappingResult]] = {
-    "MDM^T02": map_document,
-    "MDM^T04": map_document,
-    "MDM^T08": map_document,
+    "MDM^T02": in_sender_time_zone(map_document),
+    "MDM^T04": in_sender_time_zone(map_document),
+    "MDM^T08": in_sender_time_zone(map_document),
 }
 
 __all__ = ["DOCUMENT_MAPS", "DOC_STATUS", "TXA_MAP", "content", "map_document"]

@@ -32,6 +32,7 @@ from mappings.hl7v2.datatypes import (
     apply_field_maps,
     comp,
     cwe_codeable_concept,
+    in_sender_time_zone,
     practitioner_from_xcn,
     reference,
     v2_to_fhir_datetime,
@@ -285,8 +286,8 @@ def map_orders(message: Message, sender: SenderConfig) -> MappingResult:
 
 
 ORDER_MAPS: dict[str, Callable[[Message, SenderConfig], MappingResult]] = {
-    "ORM^O01": map_orders,
-    "OML^O21": map_orders,
+    "ORM^O01": in_sender_time_zone(map_orders),
+    "OML^O21": in_sender_time_zone(map_orders),
 }
 
 __all__ = ["ORDER_FIELDS_READ", "ORDER_MAPS", "OrderGroup", "map_orders", "order_groups", "service_request",

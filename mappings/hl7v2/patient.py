@@ -184,6 +184,20 @@ def patient_id_for(ids: PatientIdentifiers, sender: SenderConfig) -> str:
     return resource_id("Patient", chosen["system"], chosen["value"])
 
 
+def subject_key(key: PatientKey, sender: SenderConfig) -> str:
+    """The sender's own, stable name for its patient: `system|value` of its MRN, else of another local
+    number, else `nhs|<NHS number>`.
+
+    Ids of what a sender records about a patient (allergies, diagnoses, contacts) derive from it, not
+    from the Patient id: a patient first sent with an MRN only and later with an NHS number too gets a
+    different Patient id from the map (the engine then matches the stored one by MRN), but the same
+    subject key — so a re-send, a replay and the MRN → NHS number case all yield the same resources.
+    """
+    own = sender.system_for("mrn")
+    local = [i for i in key.local if i.system == own] or list(key.local)
+    return f"{local[0].system}|{local[0].value}" if local else f"nhs|{key.nhs_number}"
+
+
 # --------------------------------------------------------------------------------------------------
 # PID demographics: the declarative table plus the few conditional elements as named functions
 
@@ -351,15 +365,16 @@ def patient_contact(nk1: Segment) -> JSON | None:
     return contact or None
 
 
-def related_person(nk1: Segment, patient_id: str, sender: SenderConfig) -> JSON | None:
-    """One NK1 → RelatedPerson (IG NK1[RelatedPerson]), id from (patient, NK1-1 set id, NK1-2 name)."""
+def related_person(nk1: Segment, patient_id: str, subject: str, sender: SenderConfig) -> JSON | None:
+    """One NK1 → RelatedPerson (IG NK1[RelatedPerson]), id from (sender, `subject_key`, NK1-1 set id, NK1-2
+    name); it refers to `Patient/<patient_id>`."""
     body = apply_field_maps(nk1, RELATED_PERSON_MAP, {})
     if not body.get("name") and not body.get("telecom"):
         return None
     name = body.get("name", [{}])[0]
     name_key = " ".join([name.get("family", ""), *name.get("given", [])])
     set_id = comp(nk1.field(1), 1) or str(nk1.occurrence)
-    rp_id = resource_id("RelatedPerson", patient_id, set_id, name_key)
+    rp_id = resource_id("RelatedPerson", sender.ods_code, subject, set_id, name_key)
     resource = {"resourceType": "RelatedPerson", "patient": reference("Patient", patient_id), **body}
     return finish_resource(resource, rp_id, sender.security_labels)
 
@@ -400,7 +415,9 @@ def map_pid(pid: Segment, pd1: Segment | None, nk1s: list[Segment], sender: Send
     practice, gp = gp_practice(pd1, sender), general_practitioner(pd1, sender)
     body["generalPractitioner"] = [reference(r["resourceType"], r["id"]) for r in (practice, gp) if r]
     body["contact"] = [c for c in (patient_contact(n) for n in nk1s) if c]
-    related = [r for r in (related_person(n, patient_id, sender) for n in nk1s if nk1_is_related_person(n)) if r]
+    subject = subject_key(ids.key, sender)
+    related = [r for r in (related_person(n, patient_id, subject, sender) for n in nk1s if nk1_is_related_person(n))
+               if r]
     patient = finish_resource(body, patient_id, sender.security_labels)
     return PatientMapping(patient, patient_id, ids.key, tuple(r for r in (practice, gp) if r), tuple(related),
                           tuple(warnings))
@@ -416,4 +433,5 @@ PATIENT_FIELDS_READ: dict[str, frozenset[int]] = {
 __all__ = [
     "PATIENT_FIELDS_READ", "PatientIdentifiers", "PatientMapping", "classify_identifiers", "map_patient", "map_pid",
     "mrn_identifier", "nhs_identifier", "patient_demographics", "patient_id_for", "related_person",
+    "subject_key",
 ]

@@ -43,6 +43,7 @@ from mappings.hl7v2.datatypes import (
     cwe_codeable_concept,
     dr_period,
     ei_identifier,
+    in_sender_time_zone,
     practitioner_from_xcn,
     reference,
     sender_organization,
@@ -289,6 +290,8 @@ def _one_value(value_type: str, rep: FieldLike, units: JSON, obx: Segment, warni
     if value is not None or not text:
         return value
     if value_type == "ED":
+        if not comp(rep, 5):  # ED-5 data empty (type and encoding only): no value, not a bad encoding
+            return None
         raise MappingError(DATA_TYPE_ERROR, f"OBX {obx.occurrence}: OBX-5 ED data is not valid in its encoding "
                            "(ED-4)", ErrorLocation("OBX", obx.occurrence, 5))
     warnings.append(f"OBX {obx.occurrence}: OBX-5 {text[:40]!r} is not a valid {value_type}; kept as text")
@@ -495,7 +498,7 @@ def map_oru(message: Message, sender: SenderConfig) -> MappingResult:
     return mapping_result(message, patient, collected, read)
 
 
-RESULT_MAPS: dict[str, Callable[[Message, SenderConfig], MappingResult]] = {"ORU^R01": map_oru}
+RESULT_MAPS: dict[str, Callable[[Message, SenderConfig], MappingResult]] = {"ORU^R01": in_sender_time_zone(map_oru)}
 
 __all__ = [
     "JOINED_TEXT_TYPES", "OBX_MAP", "RESULT_FIELDS_READ", "RESULT_MAPS", "TEXT_TYPES", "VALUE_MAPS",

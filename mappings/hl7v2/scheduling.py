@@ -34,6 +34,7 @@ from mappings.hl7v2.datatypes import (
     apply_field_maps,
     comp,
     cwe_codeable_concept,
+    in_sender_time_zone,
     practitioner_from_xcn,
     reference,
     v2_to_fhir_datetime,
@@ -237,7 +238,7 @@ def map_schedule(message: Message, sender: SenderConfig) -> MappingResult:
 
 
 SCHEDULING_MAPS: dict[str, Callable[[Message, SenderConfig], MappingResult]] = {
-    f"SIU^{trigger}": map_schedule for trigger in TRIGGER_STATUS
+    f"SIU^{trigger}": in_sender_time_zone(map_schedule) for trigger in TRIGGER_STATUS
 }
 
 __all__ = ["SCHEDULING_MAPS", "SCH_MAP", "TRIGGER_STATUS", "map_schedule"]

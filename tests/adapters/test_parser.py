@@ -134,10 +134,26 @@ def test_escape_text_round_trips_and_drops_control_characters() -> None:
     assert DEFAULT_ENCODING.unescape(escaped) == "a|b^c~d&e\\f\ng\nhij"
 
 
-def test_z_and_add_segments_are_kept() -> None:
-    m = parse_message(ADT + "\rADD|continued text\rZU8|1|note")
-    assert [s.name for s in m.segments][-3:] == ["ZU1", "ADD", "ZU8"]
-    assert m.first("ADD").value(1) == "continued text"  # type: ignore[union-attr]
+def test_z_segments_are_kept_and_add_continues_the_segment_before() -> None:
+    """HL7 v2.5 §2.10.2: ADD-1 continues the preceding segment's last field; ADD-2… are its next fields."""
+    m = parse_message(ADT + "\rNTE|1|L|Fasting sam\rADD|ple taken\rADD| at 08:00|second field\rZU8|1|note")
+    assert [s.name for s in m.segments][-3:] == ["ZU1", "NTE", "ZU8"]
+    nte = m.first("NTE")
+    assert nte is not None and (nte.value(3), nte.value(4), nte.occurrence) == (
+        "Fasting sample taken at 08:00", "second field", 1)
+    assert m.first("ADD") is None
+
+
+@pytest.mark.parametrize("add", ["ADD", "ADD|"])
+def test_an_empty_add_adds_nothing(add: str) -> None:
+    m = parse_message(ADT + f"\rNTE|1|L|text\r{add}\rNTE|2|L|more")
+    assert [(s.name, s.occurrence, s.value(3)) for s in m.segments[-2:]] == [("NTE", 1, "text"), ("NTE", 2, "more")]
+
+
+def test_add_right_after_the_header_is_kept_as_a_segment() -> None:
+    """The MSH is never continued: an ADD there is kept (and reported unmapped), not glued onto MSH-21."""
+    m = parse_message("MSH|^~\\&|PAS|RR8|SC|SC|20240101||ADT^A01|1|P|2.4\rADD|x\rPID|||123^^^RR8^MR")
+    assert [s.name for s in m.segments] == ["MSH", "ADD", "PID"]
 
 
 def test_segment_without_fields() -> None:

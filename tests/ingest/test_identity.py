@@ -184,3 +184,25 @@ def test_concurrent_messages_sharing_new_resources_store_them_once(ctx, run) -> 
     found = run(counts(ctx.db))
     assert found["Patient"] == len(numbers) and found["Encounter"] == len(numbers)
     assert found["Organization"] == 1 and found["Location"] == 1
+
+
+def test_allergies_and_diagnoses_stay_one_resource_when_the_nhs_number_arrives_later(ctx, run) -> None:
+    """AL1/DG1 ids are keyed on the sender's MRN, not the Patient id: MRN first, NHS number later,
+    a re-send and a replay of both all leave one AllergyIntolerance and one Condition."""
+    from engine.ingest.replay import ReplaySelection, replay
+
+    clinical = ("AL1|1|DA|91936005^Penicillin^SCT|SV|Rash", "DG1|1||J45^Asthma^I10||20240301")
+    first = run(ingest(ctx, adt("A31", "RR8-D1", nhs=None, mrn="RR87654321", visit=None, segments=clinical,
+                                event="20240301100000")))
+    later = run(ingest(ctx, adt("A31", "RR8-D2", nhs=NHS_B, mrn="RR87654321", visit=None, segments=clinical,
+                                event="20240302100000")))
+    resent = run(ingest(ctx, adt("A31", "RR8-D2", nhs=NHS_B, mrn="RR87654321", visit=None, segments=clinical,
+                                 event="20240302100000")))
+    assert (first.code, later.code, resent.code, resent.duplicate) == ("AA", "AA", "AA", True)
+    run(replay(ctx, ReplaySelection(ids=(first.message_id, later.message_id), statuses=("processed",))))
+    [patient] = run(all_of(ctx.db, "Patient"))
+    assert (NHS_SYSTEM, NHS_B) in identifiers(patient) and (RR8_MRN, "RR87654321") in identifiers(patient)
+    [allergy] = run(all_of(ctx.db, "AllergyIntolerance"))
+    [condition] = run(all_of(ctx.db, "Condition"))
+    assert allergy["patient"]["reference"] == condition["subject"]["reference"] == f"Patient/{patient['id']}"
+    assert allergy["meta"]["versionId"] == condition["meta"]["versionId"] == "1"  # nothing to change

@@ -16,7 +16,7 @@ from mappings.ids import resource_id
 
 from .conftest import SENDERS, Clock
 from .helpers import all_of, counts, ingest, messages, stored, version_count
-from .messages import NHS_A, adt
+from .messages import NHS_A, adt, pv1
 
 PATIENT_A = resource_id("Patient", "nhs", NHS_A)
 
@@ -125,8 +125,8 @@ def test_unsupported_event_is_rejected(ctx, run) -> None:
 def test_ack_only_after_commit_a_failure_in_apply_leaves_nothing(ctx, run, monkeypatch) -> None:
     real = store.write_changes
 
-    async def half_then_fail(conn, changes, now, sources=None):
-        await real(conn, changes[:1], now, sources)
+    async def half_then_fail(conn, changes, now, sources=None, message=None):
+        await real(conn, changes[:1], now, sources, message)
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(store, "write_changes", half_then_fail)
@@ -192,6 +192,37 @@ def test_mental_health_sender_labels_its_resources(ctx, run) -> None:
 
 
 
+def test_every_stored_resource_names_its_data_owner(ctx, run) -> None:
+    """The owner tag (consent.vocabulary) reaches the store, the Provenance too; directory types carry none."""
+    from consent.vocabulary import OWNER_TAG_SYSTEM, owner_tag
+
+    assert run(ingest(ctx, adt("A01", "RR8-T1"))).code == "AA"
+    assert run(ingest(ctx, adt("A04", "RY6-T1", sender="RY6", mrn="C555", visit="CV1"))).code == "AA"
+    for res_type in ("Encounter", "Provenance"):
+        for resource in run(all_of(ctx.db, res_type)):
+            assert len([t for t in resource["meta"]["tag"] if t["system"] == OWNER_TAG_SYSTEM]) == 1, res_type
+    assert {e["meta"]["tag"][0]["code"] for e in run(all_of(ctx.db, "Encounter"))} == {"RR8", "RY6"}
+    [patient] = run(all_of(ctx.db, "Patient"))  # one person, sent by both: both are owners
+    assert owner_tag("RR8") in patient["meta"]["tag"] and owner_tag("RY6") in patient["meta"]["tag"]
+    for organization in run(all_of(ctx.db, "Organization")):
+        assert not (organization.get("meta") or {}).get("tag")
+
+
+@pytest.mark.parametrize("admitted, start, event_utc", [
+    ("202401151005", "2024-01-15T10:05:00+00:00", "2024-01-15 10:12:00"),  # GMT
+    ("202407151005", "2024-07-15T10:05:00+01:00", "2024-07-15 09:12:00"),  # BST
+])
+def test_times_without_offset_are_the_senders_local_time(ctx, run, admitted, start, event_utc) -> None:
+    """UK senders send local time (SenderConfig.timezone, default Europe/London); the store keeps UTC."""
+    day = admitted[:8]
+    text = adt("A01", f"RR8-TZ{day}", event=f"{day}101200", visit=None, segments=(pv1(admitted=admitted),))
+    assert run(ingest(ctx, text)).code == "AA"
+    [encounter] = run(all_of(ctx.db, "Encounter"))
+    assert encounter["period"]["start"] == start
+    [row] = run(messages(ctx.db))
+    assert str(row.event_time) == event_utc
+
+
 # -- results (UK-REFERENCE test 7) and every fixture message ---------------------------------------------
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7v2"
@@ -227,11 +258,11 @@ def test_every_fixture_message_is_stored_and_answered(ctx, run, path: Path) -> N
 def test_collisions_with_concurrent_writers_are_retried(ctx, run, monkeypatch) -> None:
     real, calls = store.write_changes, []
 
-    async def collide_once(conn, changes, now, sources=None):
+    async def collide_once(conn, changes, now, sources=None, message=None):
         calls.append(1)
         if len(calls) == 1:
             raise store.ConcurrentChange("another writer got there first")
-        return await real(conn, changes, now, sources)
+        return await real(conn, changes, now, sources, message)
 
     monkeypatch.setattr(store, "write_changes", collide_once)
     outcome = run(ingest(ctx, adt("A01", "RR8-13")))
@@ -240,7 +271,7 @@ def test_collisions_with_concurrent_writers_are_retried(ctx, run, monkeypatch) -
 
 
 def test_endless_collisions_are_stored_as_206_for_replay(ctx, run, monkeypatch) -> None:
-    async def always(conn, changes, now, sources=None):
+    async def always(conn, changes, now, sources=None, message=None):
         raise store.ConcurrentChange("busy")
 
     monkeypatch.setattr(store, "write_changes", always)
@@ -281,10 +312,86 @@ def test_stored_exactly_as_the_repository_stores(ctx, run) -> None:
     run(check())
 
 
-def test_the_postgresql_write_statement_stays_cacheable() -> None:
-    """psycopg caches the parsed form of queries up to 4096 characters: the one-statement write must fit."""
-    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
+def test_the_postgresql_write_is_one_statement_for_every_row_table() -> None:
+    """Resources, versions, sources and every INDEX_TABLES table (care relationships too) in one statement:
+    a table written separately costs round trips per message (store._PG_WRITE's comment has the numbers)."""
     from sqlalchemy.dialects.postgresql import psycopg as pg
 
+    from engine.db.schema import INDEX_TABLES
+
     compiled = str(store._PG_WRITE.compile(dialect=pg.dialect()))
-    assert len(compiled) <= MAX_CACHED_STATEMENT_LENGTH
+    for table in INDEX_TABLES.values():
+        assert f"INSERT INTO {table.name} " in compiled and f"DELETE FROM {table.name} " in compiled
+
+
+def test_t08_replacement_marks_the_original_superseded(ctx, run) -> None:
+    """MDM^T08 with a new TXA-12 and the original in TXA-13: the new document `replaces` the original,
+    which becomes `superseded` (a new version, named in the T08's Provenance); a replay changes nothing."""
+    folder = FIXTURES / "MDM_T02"
+    original = run(ingest(ctx, (folder / "01_discharge_summary_text.hl7").read_bytes()))
+    [before] = run(all_of(ctx.db, "DocumentReference"))
+    assert original.code == "AA" and before["status"] == "current"
+    edit = run(ingest(ctx, (folder / "04_edit_T08.hl7").read_bytes()))
+    assert edit.code == "AA", edit.error_text
+    documents = {d["id"]: d for d in run(all_of(ctx.db, "DocumentReference"))}
+    old, new = documents.pop(before["id"]), next(iter(documents.values()))
+    assert (old["status"], old["meta"]["versionId"]) == ("superseded", "2")
+    assert old["content"] == before["content"]  # only the status changes
+    assert new["status"] == "current" and new["relatesTo"] == [
+        {"code": "replaces", "target": {"reference": f"DocumentReference/{old['id']}"}}]
+    provenance = run(stored(ctx.db, "Provenance", apply.provenance_id(edit.message_id)))
+    assert {"reference": f"DocumentReference/{old['id']}/_history/2"} in provenance["target"]
+    from engine.ingest.replay import ReplaySelection, replay
+
+    run(replay(ctx, ReplaySelection(ids=(edit.message_id,), statuses=("processed",))))
+    assert run(stored(ctx.db, "DocumentReference", old["id"]))["meta"]["versionId"] == "2"
+
+
+def test_t08_whose_original_is_not_stored_is_accepted_with_a_warning(ctx, run) -> None:
+    edit = run(ingest(ctx, (FIXTURES / "MDM_T02" / "04_edit_T08.hl7").read_bytes()))
+    assert edit.code == "AA"
+    [row] = run(messages(ctx.db))
+    assert any(w.startswith("supersede: DocumentReference/") for w in row.warnings)
+    assert len(run(all_of(ctx.db, "DocumentReference"))) == 1
+
+
+def test_a_message_costs_three_statements_on_postgresql(ctx, run) -> None:
+    """Between BEGIN and COMMIT: locks + message id, the one read, the one write (message row included)."""
+    from sqlalchemy import event
+
+    if ctx.db.dialect != "postgresql":
+        pytest.skip("the statement budget is PostgreSQL's")
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
+        seen.append(statement.split(None, 1)[0])
+
+    event.listen(ctx.db.writer.sync_engine, "before_cursor_execute", count)
+    try:
+        outcome = run(ingest(ctx, adt("A01", "RR8-S1")))
+    finally:
+        event.remove(ctx.db.writer.sync_engine, "before_cursor_execute", count)
+    assert outcome.code == "AA" and seen == ["SELECT", "SELECT", "WITH"]
+    [row] = run(messages(ctx.db))
+    assert row.id == outcome.message_id and row.status == "processed" and row.attempts == 1
+    provenance = run(stored(ctx.db, "Provenance", apply.provenance_id(outcome.message_id)))
+    assert provenance["entity"][0]["what"]["identifier"]["value"] == str(outcome.message_id)
+
+
+def test_locks_and_a_message_id_in_one_round_trip(ctx, run) -> None:
+    """store.lock_and_reserve takes every advisory lock for the transaction and reserves a fresh id."""
+    from sqlalchemy import text
+
+    if ctx.db.dialect != "postgresql":
+        pytest.skip("advisory locks are PostgreSQL's")
+
+    async def check() -> tuple[int, int, int]:
+        async with ctx.db.write() as conn:
+            first = await store.lock_and_reserve(conn, [3, 1, 2, 2])
+            second = await store.lock_and_reserve(conn, [])
+            held = (await conn.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"))).scalar_one()
+        return first, second, held
+
+    first, second, held = run(check())
+    assert held == 3 and second > first

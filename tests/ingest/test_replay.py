@@ -65,7 +65,7 @@ def rejected_time(ctx, run):
 def test_replay_is_idempotent(ctx, run, monkeypatch) -> None:
     real = store.write_changes
 
-    async def broken(conn, changes, now, sources=None):
+    async def broken(conn, changes, now, sources=None, message=None):
         raise RuntimeError("bug")
 
     monkeypatch.setattr(store, "write_changes", broken)
@@ -112,7 +112,7 @@ def test_senders_from_the_environment(tmp_path) -> None:
     path = tmp_path / "senders.json"
     path.write_text(json.dumps([{"ods_code": "RXX", "kind": "community", "mrn_system": "urn:x"}]))
     senders = load_senders({"SHAREDCARE_SENDERS_FILE": str(path)})
-    assert senders["RXX"].system_for("mrn") == "urn:x"
+    assert senders["RXX"].system_for("mrn") == "urn:x" and senders["RXX"].timezone == "Europe/London"
     assert accept_unknown_senders({"SHAREDCARE_ACCEPT_UNKNOWN_SENDERS": "1"})
     assert not accept_unknown_senders({})
 
@@ -123,6 +123,8 @@ def test_senders_from_the_environment(tmp_path) -> None:
     ([{"ods_code": "A", "colour": "red"}], "colour"),
     ([{"ods_code": "A"}, {"ods_code": "A"}], "twice"),
     ([{"ods_code": "A", "security_labels": [{"code": "R"}]}], "system"),
+    ([{"ods_code": "A", "timezone": "Europe/Leeds"}], "timezone"),
+    ([{"ods_code": "A", "timezone": 1}], "timezone"),
     ({"not": "a list"}, "list"),
 ])
 def test_bad_senders_files_are_refused_with_the_reason(tmp_path, document, fault) -> None:

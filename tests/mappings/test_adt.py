@@ -15,6 +15,7 @@ from adapters.hl7v2.parser import Message, parse_message
 from adapters.senders import SecurityLabel, SenderConfig
 from mappings.hl7v2 import codes
 from mappings.hl7v2.adt import ADT_EVENTS, ADT_MAPS, event_time
+from mappings.hl7v2.patient import subject_key
 from mappings.ids import resource_id
 from mappings.result import (
     DATA_TYPE_ERROR,
@@ -189,7 +190,7 @@ def test_patient_demographics() -> None:
     assert patient["maritalStatus"]["coding"][0]["code"] == "M"
     assert patient["extension"][0]["valueCodeableConcept"]["coding"][0] == {
         "system": codes.ETHNIC_CATEGORY_SYSTEM, "code": "H", "display": "Asian or Asian British - Indian"}
-    assert patient["deceasedDateTime"] == "2024-04-01T23:15:00+00:00"
+    assert patient["deceasedDateTime"] == "2024-04-01T23:15:00+01:00"
     assert "deceasedBoolean" not in patient
     assert patient["multipleBirthInteger"] == 2
 
@@ -223,7 +224,7 @@ def test_next_of_kin_becomes_contact_and_related_person() -> None:
     assert len(patient["contact"]) == 2
     assert related["patient"] == {"reference": f"Patient/{result.patient_id}"}
     assert related["relationship"][0]["coding"][0]["code"] == "SPS"
-    assert related["id"] == resource_id("RelatedPerson", result.patient_id, "1", "SMITH JOHN")
+    assert related["id"] == resource_id("RelatedPerson", "RR8", subject_key(result.patient_key, RR8), "1", "SMITH JOHN")
 
 
 # --- test case 3: A08/A31 update the same Patient ----------------------------------------------------
@@ -340,7 +341,7 @@ def test_allergy_and_diagnosis() -> None:
                          seg("DG1", {1: "1", 3: "J18.9^Pneumonia^I10", 5: "20240301", 6: "A", 15: "1",
                                      16: "C1234567^HOUSE^GREGORY^^^DR^^^GMC", 19: "20240301120000"})))
     allergy, condition, encounter = (only(result, t) for t in ("AllergyIntolerance", "Condition", "Encounter"))
-    assert allergy["id"] == resource_id("AllergyIntolerance", result.patient_id, "SCT|91936005")
+    assert allergy["id"] == resource_id("AllergyIntolerance", "RR8", subject_key(result.patient_key, RR8), "SCT|91936005")
     assert (allergy["category"], allergy["criticality"], allergy["type"]) == (["medication"], "high", "allergy")
     assert allergy["reaction"] == [{"manifestation": [{"text": "Rash"}], "severity": "severe"}]
     assert condition["id"] == resource_id("Condition", encounter["id"], "I10|J18.9")
@@ -362,8 +363,20 @@ def test_al1_without_allergen_is_a_warning() -> None:
 def test_dg1_without_encounter_is_patient_level() -> None:
     result = run(message("A31", pid(), seg("DG1", {1: "1", 3: "J45^Asthma^I10"})))
     condition = only(result, "Condition")
-    assert condition["id"] == resource_id("Condition", result.patient_id, "I10|J45")
+    assert condition["id"] == resource_id("Condition", "RR8", subject_key(result.patient_key, RR8), "I10|J45")
     assert "encounter" not in condition
+
+
+def test_allergy_and_condition_ids_survive_an_nhs_number_arriving_later() -> None:
+    """Keyed on the sender's MRN (`subject_key`), not the Patient id: MRN-only first, NHS number later."""
+    def ids(nhs: str) -> tuple[str, str, str]:
+        result = run(message("A31", pid(f3=f"{nhs}RR81234567^^^RR8^MR"), seg("AL1", {1: "1", 3: "91936005^Penicillin^SCT"}),
+                             seg("DG1", {1: "1", 3: "J45^Asthma^I10"})))
+        return result.patient_id, only(result, "AllergyIntolerance")["id"], only(result, "Condition")["id"]
+
+    mrn_only, with_nhs = ids(""), ids("9449305552^^^NHS^NH~")
+    assert mrn_only[0] != with_nhs[0]  # the map's Patient id changes (the engine matches it by MRN)...
+    assert mrn_only[1:] == with_nhs[1:]  # ...what the sender recorded about the patient does not
 
 
 # --- test case 1: merges ----------------------------------------------------------------------------

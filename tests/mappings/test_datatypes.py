@@ -69,6 +69,38 @@ def test_local_time_can_be_read_in_a_sender_zone() -> None:
     assert dt.v2_to_fhir_datetime("202407011200", london) == "2024-07-01T12:00:00+01:00"
 
 
+@pytest.mark.parametrize("sent, fhir, utc", [
+    ("202401151030", "2024-01-15T10:30:00+00:00", datetime(2024, 1, 15, 10, 30)),  # winter: GMT
+    ("202407151030", "2024-07-15T10:30:00+01:00", datetime(2024, 7, 15, 9, 30)),  # summer: BST
+    # 31 March 2024: clocks go forward at 01:00 GMT; 01:30 does not exist and is read as GMT (fold=0)
+    ("202403310059", "2024-03-31T00:59:00+00:00", datetime(2024, 3, 31, 0, 59)),
+    ("202403310130", "2024-03-31T01:30:00+00:00", datetime(2024, 3, 31, 1, 30)),
+    ("202403310200", "2024-03-31T02:00:00+01:00", datetime(2024, 3, 31, 1, 0)),
+    # 27 October 2024: clocks go back at 02:00 BST; 01:30 happens twice and is its first (BST) occurrence
+    ("202410270030", "2024-10-27T00:30:00+01:00", datetime(2024, 10, 26, 23, 30)),
+    ("202410270130", "2024-10-27T01:30:00+01:00", datetime(2024, 10, 27, 0, 30)),
+    ("202410270200", "2024-10-27T02:00:00+00:00", datetime(2024, 10, 27, 2, 0)),
+    ("202407151030+0000", "2024-07-15T10:30:00+00:00", datetime(2024, 7, 15, 10, 30)),  # an offset sent wins
+])
+def test_a_map_reads_times_without_offset_in_the_sender_zone(sent: str, fhir: str, utc: datetime) -> None:
+    @dt.in_sender_time_zone
+    def read(message: object, sender: SenderConfig) -> tuple[str | None, datetime | None]:
+        return dt.v2_to_fhir_datetime(sent), dt.parse_v2_datetime(sent)
+
+    assert read(None, SenderConfig("RR8")) == (fhir, utc.replace(tzinfo=UTC))  # Europe/London by default
+    assert dt.v2_to_fhir_datetime(sent).endswith(fhir[-6:] if "+0000" in sent else "+00:00")  # outside: UTC
+
+
+def test_the_sender_zone_is_configurable_and_restored_after_the_map() -> None:
+    @dt.in_sender_time_zone
+    def read(message: object, sender: SenderConfig) -> str | None:
+        return dt.v2_to_fhir_datetime("202401151030")
+
+    assert read(None, SenderConfig("X", timezone="America/New_York")) == "2024-01-15T10:30:00-05:00"
+    assert read(None, SenderConfig("X", timezone="UTC")) == "2024-01-15T10:30:00+00:00"
+    assert dt.parse_v2_datetime("202407151030") == datetime(2024, 7, 15, 10, 30, tzinfo=UTC)
+
+
 def test_v2_to_fhir_date_drops_the_time() -> None:
     assert dt.v2_to_fhir_date("196203151230") == "1962-03-15"
 

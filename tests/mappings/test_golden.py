@@ -20,6 +20,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from adapters.hl7v2.parser import Message, parse_message
+from adapters.registry import adapter_for
 from adapters.senders import SecurityLabel, SenderConfig, generic_sender
 from mappings.hl7v2.adt import ADT_MAPS
 from mappings.result import MappingError, MappingResult
@@ -53,10 +54,12 @@ def validate_r4(resource: dict[str, Any]) -> None:
 
 
 def outcome(path: Path) -> dict[str, Any]:
-    """The mapping of one golden message as plain JSON: the result, or the error it raises."""
+    """What the sender's adapter makes of one golden message (the maps, then the sender's labels and
+    data-owner tag) as plain JSON: the result, or the error it raises."""
     message = parse_message(path.read_text(encoding="utf-8"))
     try:
-        result = ADT_MAPS[f"{message.message_code}^{message.trigger}"](message, sender_for(message))
+        sender = sender_for(message)
+        result = adapter_for(sender.kind)(message, sender)
     except MappingError as exc:
         location = exc.location.__dict__ if exc.location else None
         return {"error": {"code": exc.code, "message": exc.message, "location": location, "reject": exc.reject}}

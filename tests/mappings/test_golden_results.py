@@ -23,6 +23,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from adapters.hl7v2.parser import Message, parse_message
+from adapters.registry import adapter_for
 from adapters.senders import SecurityLabel, SenderConfig, generic_sender
 from mappings.hl7v2.documents import DOCUMENT_MAPS
 from mappings.hl7v2.orders import ORDER_MAPS
@@ -56,10 +57,12 @@ def sender_for(message: Message) -> SenderConfig:
 
 
 def outcome(path: Path) -> dict[str, Any]:
-    """The mapping of one golden message as plain JSON: the result, or the error it raises."""
+    """What the sender's adapter makes of one golden message (the maps, then the sender's labels and
+    data-owner tag) as plain JSON: the result, or the error it raises."""
     message = parse_message(path.read_text(encoding="utf-8"))
     try:
-        result = MAPS[f"{message.message_code}^{message.trigger}"](message, sender_for(message))
+        sender = sender_for(message)
+        result = adapter_for(sender.kind)(message, sender)
     except MappingError as exc:
         location = exc.location.__dict__ if exc.location else None
         return {"error": {"code": exc.code, "message": exc.message, "location": location, "reject": exc.reject}}
@@ -75,6 +78,7 @@ def result_json(result: MappingResult) -> dict[str, Any]:
         "event_time": result.event_time.isoformat() if result.event_time else None,
         "unmapped": result.unmapped,
         "warnings": result.warnings,
+        **({"actions": [{"kind": a.kind, **a.detail.__dict__} for a in result.actions]} if result.actions else {}),
         "resources": result.resources,
     }
 

@@ -309,7 +309,7 @@ def test_booked_appointment() -> None:
     found, result = appointment("S12", sch())
     assert found["id"] == resource_id("Appointment", "RR8", "P1")
     assert (found["status"], found["start"], found["end"], found["minutesDuration"]) == (
-        "booked", "2024-04-02T10:30:00+00:00", "2024-04-02T11:00:00+00:00", 30)
+        "booked", "2024-04-02T10:30:00+01:00", "2024-04-02T11:00:00+01:00", 30)
     assert found["serviceType"][0]["coding"][0]["code"] == "CARDFU"
     assert found["appointmentType"]["coding"][0]["code"] == "ROUTINE"
     assert found["reasonCode"][0]["coding"][0]["code"] == "FUP"
@@ -337,19 +337,19 @@ def test_cancellation_reason_only_when_cancelled() -> None:
 def test_reschedule_keeps_the_id_and_moves_the_time() -> None:
     first, _ = appointment("S12", sch())
     moved, _ = appointment("S13", sch(o11="^^30^202404091400^202404091430"))
-    assert moved["id"] == first["id"] and moved["start"] == "2024-04-09T14:00:00+00:00"
+    assert moved["id"] == first["id"] and moved["start"] == "2024-04-09T14:00:00+01:00"
 
 
 def test_end_from_duration_when_tq5_is_empty() -> None:
     found, _ = appointment("S12", sch(o11="^^^202404021030", o9="45", o10="MIN"))
-    assert (found["end"], found["minutesDuration"]) == ("2024-04-02T11:15:00+00:00", 45)
+    assert (found["end"], found["minutesDuration"]) == ("2024-04-02T11:15:00+01:00", 45)
     found, _ = appointment("S12", sch(o11="", o9="", o10=""))  # AIS-4 start, AIS-7/8 duration
-    assert (found["start"], found["end"]) == ("2024-04-02T10:30:00+00:00", "2024-04-02T11:00:00+00:00")
+    assert (found["start"], found["end"]) == ("2024-04-02T10:30:00+01:00", "2024-04-02T11:00:00+01:00")
 
 
 def test_start_without_end_or_duration_is_a_requested_period() -> None:
     found, result = appointment("S12", sch(o11="^^^202404021030", o9="", o10=""), "RGS|1")
-    assert "start" not in found and found["requestedPeriod"] == [{"start": "2024-04-02T10:30:00+00:00"}]
+    assert "start" not in found and found["requestedPeriod"] == [{"start": "2024-04-02T10:30:00+01:00"}]
     assert result.warnings
 
 

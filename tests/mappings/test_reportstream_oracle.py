@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpora"
 CASES = CORPUS / "hl7v2" / "CDCgov-prime-reportstream" / "mappinginventory"
 EXPECTED = CORPUS / "hl7v2-expected" / "CDCgov-prime-reportstream" / "mappinginventory"
-SENDER = SenderConfig(ods_code="ORACLE", name="oracle")
+# ReportStream reads a time without an offset as UTC ("…Z" in its expected output): configured so.
+SENDER = SenderConfig(ods_code="ORACLE", name="oracle", timezone="UTC")
 MAPPED_SEGMENTS = ("PID", "NK1", "PV1", "PV2")
 MIN_CASES = 60
 # Measured when written: 69 cases, 58 agree; 146/170 key fields (86%). The floor is that level minus a margin, so a
@@ -131,7 +132,7 @@ def ours(message: Message) -> dict[str, list[dict[str, Any]]]:
     pid = message.first("PID")
     if pid is not None:
         out["Patient"].append(patient_demographics(pid)[0])
-    out["RelatedPerson"] = [r for r in (related_person(n, "p", SENDER) for n in message.all("NK1")) if r]
+    out["RelatedPerson"] = [r for r in (related_person(n, "p", "subject", SENDER) for n in message.all("NK1")) if r]
     pv1 = message.first("PV1")
     if pv1 is not None:
         out["Encounter"].append(encounter_body(pv1, message.first("PV2"), "", "p", SENDER)[0])

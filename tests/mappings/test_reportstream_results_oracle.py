@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -226,7 +227,9 @@ def compare(message_path: Path, expected_path: Path, tally: dict[tuple[str, str]
         outcomes[f"not ours ({key})"] += 1
         return
     try:
-        result = MAPS[key](message, generic_sender(message.sending_facility or "RS"))
+        # ReportStream reads a time without an offset as UTC ("…Z" in its expected output): configured so.
+        sender = replace(generic_sender(message.sending_facility or "RS"), timezone="UTC")
+        result = MAPS[key](message, sender)
     except MappingError as error:
         outcomes[f"rejected {error.code}"] += 1
         return

@@ -282,6 +282,12 @@ def test_ed_that_does_not_decode_is_a_data_type_error() -> None:
     assert (error.code, error.location) == (DATA_TYPE_ERROR, ErrorLocation("OBX", 1, 5))
 
 
+def test_ed_without_data_is_no_value_not_an_error() -> None:
+    """ED-5 empty (`^TEXT^html^Base64^`, as US newborn-screening feeds send): data absent, not a bad encoding."""
+    found = one_observation(obx(vt="ED", value="^TEXT^html^Base64^"))
+    assert "extension" not in found and found["dataAbsentReason"]["coding"][0]["code"] == "unknown"
+
+
 @pytest.mark.parametrize("vt", ["RP", "EI", "NA", "XYZ"])
 def test_unsupported_value_type_is_102_at_obx2(vt: str) -> None:
     error = errors_with(oru(OBR, obx(1), obx(2, vt=vt, code="X^x^L", value="1")))
