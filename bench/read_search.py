@@ -54,6 +54,9 @@ BIN = Path(sys.executable).parent
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 OBSERVATIONS = 19  # per Patient; every tenth Patient gets one more, so that it has exactly SEARCH_ROWS
 SEARCH_ROWS = 20
+# Every Patient is registered with this practice and the bench user works there: a legitimate
+# relationship, so the measured path is the full one (role, relationship, labels, consent, audit).
+GP_ID, GP_ODS = "bench-gp-B86901", "B86901"
 BATCH = 500  # resources per write transaction
 READ_GOAL = 0.70  # sharedcare read req/s ÷ bare read req/s
 SEARCH_GOAL = 1000.0  # sharedcare 20-row search req/s
@@ -130,7 +133,7 @@ class Plan:
 
     @property
     def total(self) -> int:
-        return sum(1 + self.observations_of(n) for n in range(self.patients))
+        return 1 + sum(1 + self.observations_of(n) for n in range(self.patients))
 
     @property
     def search_patients(self) -> list[str]:
@@ -140,6 +143,9 @@ class Plan:
     def resources(self, shard: int = 0, shards: int = 1) -> Iterator[tuple[str, dict[str, Any]]]:
         """Patient `n` then its Observations, for every n with n % shards == shard."""
         start = datetime(2023, 1, 1, 8, 0)
+        if shard == 0:  # the GP practice every Patient is registered with: the bench user's organisation
+            yield GP_ID, {"resourceType": "Organization", "name": "Bench Surgery",
+                          "identifier": [{"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": GP_ODS}]}
         for n in range(shard, self.patients, shards):
             pid = self.patient_id(n)
             yield pid, _patient(n, pid, nhs_number(n))
@@ -173,7 +179,7 @@ def _patient(n: int, pid: str, nhs: str) -> dict[str, Any]:
         "birthDate": f"{1930 + n % 90}-{1 + n % 12:02d}-{1 + n % 28:02d}",
         "address": [{"line": [f"{1 + n % 200} Bench Street"], "city": "Leeds",
                      "postalCode": f"LS{1 + n % 28} 1AA"}],
-        "generalPractitioner": [{"reference": "Organization/bench-gp-B86901"}],
+        "generalPractitioner": [{"reference": f"Organization/{GP_ID}"}],
     }  # fmt: skip
 
 
@@ -440,7 +446,7 @@ def mint_token(env: dict[str, str]) -> str:
         "--role",
         "R8000",
         "--org",
-        "RR8",
+        GP_ODS,
         "--scope",
         "user/*.rs",
         "--ttl",

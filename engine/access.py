@@ -42,13 +42,11 @@ from engine import outcomes
 from engine.access_data import (
     OrganisationKeys,
     PatientContext,
+    PolicySql,
     Viewer,
-    consenting_patients,
     grant_break_glass,
     load_contexts,
     patients_of,
-    visible,
-    withheld_by_label,
 )
 from engine.audit.events import MINOR_FAILURE, SERIOUS_FAILURE, AuditRecord, break_glass_alert, record_for
 from engine.audit.log import AuditWriter, append, record_now
@@ -136,6 +134,7 @@ class AccessGate:
         self.policy = policy or load_policy(access_policy_path())
         self.clock = clock
         self.org_keys = OrganisationKeys()
+        self.sql = PolicySql(self.policy)
         # Group commit for reads (set by the application); without it each record commits on its own.
         self.audit_writer: AuditWriter | None = None
 
@@ -156,39 +155,38 @@ class AccessGate:
         return Viewer(who.user_id, who.org, await self.org_keys.keys(conn, who.org), who.own_patient,
                       needs_relationship=grant is None or grant.needs_relationship)
 
-    async def restriction(
-        self, conn: AsyncConnection, who: Principal, interaction: str, res_type: str, now: datetime
-    ) -> ColumnElement[bool] | None:
-        """The SQL restriction on `interaction` over `res_type`: scopes AND the policy's SQL rules."""
-        scope = scope_clause(who, interaction, res_type)
-        if who.is_system:
-            return scope
-        rules = visible(await self.viewer(conn, who), _naive(now), self.policy)
-        return rules if scope is None else and_(scope, rules)
-
     async def permitted_pks(
         self, conn: AsyncConnection, who: Principal, interaction: str, rows: Iterable[StoredRow]
     ) -> set[int]:
-        """The pks among `rows` that `who` may see or change under `interaction`."""
+        """The pks among `rows` that `who` may see or change under `interaction` (one query per type)."""
         now = self.clock()
         by_type: dict[str, list[StoredRow]] = defaultdict(list)
         for row in rows:
             by_type[row.res_type].append(row)
+        viewer = None if who.is_system else await self.viewer(conn, who)
+        params = self.sql.params(viewer, _naive(now)) if viewer else {}
         allowed: set[int] = set()
+        to_judge: list[tuple[StoredRow, str]] = []
         for res_type, typed in by_type.items():
             if not self._role_allows(who, interaction, res_type):
                 continue
-            pks = [row.pk for row in typed]
-            clause = await self.restriction(conn, who, interaction, res_type, now)
-            if clause is None:
-                allowed.update(pks)
+            by_pk = {row.pk: row for row in typed}
+            scope = scope_clause(who, interaction, res_type)
+            if viewer is None:
+                if scope is None:
+                    allowed.update(by_pk)
+                else:
+                    query = select(resources.c.pk).where(resources.c.pk.in_(list(by_pk)), scope)
+                    allowed.update((await conn.execute(query)).scalars())
                 continue
-            query = select(resources.c.pk).where(resources.c.pk.in_(pks), clause)
-            allowed.update((await conn.execute(query)).scalars())
-        if who.is_system or not allowed:
-            return allowed
-        survivors = [row for row in (r for typed in by_type.values() for r in typed) if row.pk in allowed]
-        return allowed - await self._withheld_by_consent(conn, who, interaction, survivors, now)
+            query = self.sql.permitted(viewer) if scope is None else self.sql.permitted(viewer).where(scope)
+            for pk, patient_id, holds_consent in await conn.execute(query, {**params, "acc_pks": list(by_pk)}):
+                allowed.add(pk)
+                if holds_consent and patient_id:
+                    to_judge.append((by_pk[pk], patient_id))
+        if to_judge and viewer is not None:
+            allowed -= await self._judge(conn, who, viewer, interaction, to_judge, now)
+        return allowed
 
     async def release(
         self, conn: AsyncConnection, who: Principal, rows: Sequence[StoredRow], interaction: str = READ
@@ -226,7 +224,18 @@ class AccessGate:
         self.authorise(who, READ, res_type)
         await self._maybe_break_glass_for(who, res_type, res_id)
         async with self.db.read() as conn:
-            stored = await repository.read(conn, res_type, res_id)
+            if who.is_system or scope_clause(who, READ, res_type) is not None:
+                stored = await repository.read(conn, res_type, res_id)
+                return await self._released_or_missing(conn, who, stored, res_type, res_id)
+            # The common case in one round trip: the row with the SQL rules' verdict on it.
+            viewer = await self.viewer(conn, who)
+            values = {**self.sql.params(viewer, _naive(self.clock())), "res_type": res_type, "res_id": res_id}
+            row = (await conn.execute(self.sql.read(viewer), values)).first()
+            if row is None:
+                raise outcomes.not_found(res_type, res_id)
+            stored, visible_to_sql, holds_consent = repository.stored_row(row[:-2]), row[-2], row[-1]
+            if visible_to_sql and not holds_consent and not stored.deleted:
+                return stored
             return await self._released_or_missing(conn, who, stored, res_type, res_id)
 
     async def _vread(self, who: Principal, res_type: str, res_id: str, version_id: int) -> Stored:
@@ -285,21 +294,22 @@ class AccessGate:
             context = await self._check_patient(conn, who, viewer, request.resource_type, pinned, now)
             consents_possible = bool(context.consents)
         scope = scope_clause(who, SEARCH, request.resource_type)
-        rules = visible(viewer, _naive(now), self.policy)
+        rules = self.sql.visible(viewer)
         restriction = rules if scope is None else and_(scope, rules)
+        params = self.sql.params(viewer, _naive(now))
         label_hidden = False
         if request.cursor is None:
-            hidden = withheld_by_label(viewer, _naive(now), self.policy)
+            hidden = self.sql.label_hidden(viewer)
             checks = [hidden if scope is None else and_(scope, hidden)]
             if not pinned:
-                checks.append(and_(restriction, resources.c.patient_id.in_(consenting_patients())))
-            flags = await match_flags(conn, request, checks)
+                checks.append(and_(restriction, self.sql.holds_consent))
+            flags = await match_flags(conn, request, checks, params)
             label_hidden = flags[0]
             consents_possible = consents_possible or (not pinned and flags[1])
         if consents_possible:
             # Python may withhold rows SQL counted: a total would reveal how many.
             request = replace(request, total="none")
-        page = await search(conn, request, restriction=restriction)
+        page = await search(conn, request, restriction=restriction, restriction_values=params)
         withheld = await self._withheld_by_consent(conn, who, READ, page.rows, now) if consents_possible else set()
         if withheld:
             page = replace(page, rows=[r for r in page.rows if r.pk not in withheld])
@@ -497,21 +507,20 @@ class AccessGate:
         if not rows:
             return set()
         patients = await patients_of(conn, sorted({row.pk for row in rows}))
-        judged = [row for row in rows if patients.get(row.pk, (None, False))[0]
+        judged = [(row, patients[row.pk][0]) for row in rows if patients.get(row.pk, (None, False))[0]
                   and (every_row or patients[row.pk][1])]
         if not judged:
             return set()
-        viewer = await self.viewer(conn, who)
-        contexts = await load_contexts(conn, {patients[row.pk][0] for row in judged}, user_id=who.user_id,
+        return await self._judge(conn, who, await self.viewer(conn, who), interaction, judged, now)
+
+    async def _judge(self, conn: AsyncConnection, who: Principal, viewer: Viewer, interaction: str,
+                     rows: Sequence[tuple[StoredRow, str]], now: datetime) -> set[int]:
+        """The pks of `rows` (each with its patient) that `consent.decide` does not permit."""
+        contexts = await load_contexts(conn, {patient for _, patient in rows}, user_id=who.user_id,
                                        orgs=viewer.orgs, now=_naive(now), policy=self.policy)
-        refused: set[int] = set()
-        for row in judged:
-            patient_id = patients[row.pk][0]
-            context = contexts[patient_id]
-            decision = self._decide(who, viewer.orgs, interaction, row, patient_id, context, now)
-            if decision.effect != "permit":
-                refused.add(row.pk)
-        return refused
+        return {row.pk for row, patient in rows
+                if self._decide(who, viewer.orgs, interaction, row, patient, contexts[patient], now).effect
+                != "permit"}
 
     def _decide(self, who: Principal, orgs: frozenset[str], interaction: str, row: StoredRow,
                 patient_id: str | None, context: PatientContext, now: datetime) -> ConsentDecision:

@@ -20,15 +20,31 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, bindparam, exists, false, insert, literal, null, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    false,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Select
 
 from consent.model import ConsentError, PatientConsent, Relationship, parse_consent
 from consent.policy import Policy
 from consent.vocabulary import ODS_SITE_SYSTEM, ODS_SYSTEM, OWNER_TAG_SYSTEM
+from engine.db import repository
 from engine.db.access_schema import break_glass_grants
 from engine.db.schema import care_relationships, idx_token, resources
 
@@ -77,46 +93,9 @@ _ORGANISATION_IDS = (
 
 
 # -- SQL: the rules decidable without reading a Consent ----------------------------------------------
-
-
-def live_relationship(orgs: Iterable[str], now: datetime, policy: Policy) -> ColumnElement[bool]:
-    """Rows of care_relationships that give one of `orgs` a relationship at `now` (the policy's windows)."""
-    rel = care_relationships.c
-    windows = [and_(rel.param == kind, or_(rel.high.is_(None), rel.high >= now - window))
-               for kind, window in sorted(policy.relationship_windows.items())]
-    return and_(rel.org.in_(sorted(orgs)), or_(rel.low.is_(None), rel.low <= now), or_(*windows))
-
-
-def related_patients(orgs: Iterable[str], now: datetime, policy: Policy) -> Select:
-    return select(care_relationships.c.patient_id).where(live_relationship(orgs, now, policy))
-
-
-def granted_patients(user_id: str, now: datetime) -> Select:
-    grants = break_glass_grants.c
-    return select(grants.patient_id).where(grants.user_id == user_id, grants.expires > now)
-
-
-def consenting_patients() -> Select:
-    """Patients holding any Consent: their data is decided row by row in Python."""
-    consent = resources.alias("consent")
-    return select(consent.c.patient_id).where(consent.c.res_type == "Consent", consent.c.deleted.is_(False),
-                                              consent.c.patient_id.is_not(None))
-
-
-def restricted_label(policy: Policy) -> ColumnElement[bool]:
-    """The resource carries a security label that restricts it to its owning organisation."""
-    pairs = [and_(idx_token.c.system == system, idx_token.c.code == code)
-             for system, code in sorted(policy.restricting_labels)]
-    if not pairs:
-        return false()
-    return exists().where(idx_token.c.res_pk == resources.c.pk, idx_token.c.param == "_security", or_(*pairs))
-
-
-def owned_by(ods_code: str | None) -> ColumnElement[bool]:
-    if not ods_code:
-        return false()
-    return exists().where(idx_token.c.res_pk == resources.c.pk, idx_token.c.param == "_tag",
-                          idx_token.c.system == OWNER_TAG_SYSTEM, idx_token.c.code == ods_code)
+#
+# Built once per policy and shape, with bound parameters for who is looking and when (`PolicySql.params`):
+# building and compiling a SQLAlchemy clause costs more than PostgreSQL takes to evaluate it.
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,73 +109,148 @@ class Viewer:
     needs_relationship: bool = True  # False for roles the policy exempts (information governance)
 
 
-def patient_reachable(viewer: Viewer, now: datetime, policy: Policy) -> ColumnElement[bool]:
-    """The row's patient has a live relationship with the viewer's organisation or a break-glass grant."""
-    patient = resources.c.patient_id
-    if not viewer.needs_relationship:
-        return literal(True)
-    reachable = [patient.in_(granted_patients(viewer.user_id, now))]
-    if viewer.orgs:
-        reachable.append(patient.in_(related_patients(viewer.orgs, now, policy)))
-    return or_(*reachable)
+def consenting_patients() -> Select:
+    """Patients holding any Consent: their data is decided row by row in Python."""
+    consent = resources.alias("consent")
+    return select(consent.c.patient_id).where(consent.c.res_type == "Consent", consent.c.deleted.is_(False),
+                                              consent.c.patient_id.is_not(None))
 
 
-def visible(viewer: Viewer, now: datetime, policy: Policy) -> ColumnElement[bool]:
-    """Resources the viewer may see as far as SQL can tell (Consents aside)."""
-    patient = resources.c.patient_id
-    own = patient == viewer.own_patient if viewer.own_patient else false()
-    label_ok = or_(~restricted_label(policy), owned_by(viewer.ods_code), patient.in_(consenting_patients()))
-    return or_(patient.is_(None), own, and_(patient_reachable(viewer, now, policy), label_ok))
+class PolicySql:
+    """The policy's SQL rules over `resources`, as prebuilt clauses and the parameters they take."""
 
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.kinds = sorted(policy.relationship_windows)
+        patient = resources.c.patient_id
+        self.holds_consent = patient.in_(consenting_patients())
+        self.own = patient == bindparam("acc_own")
+        self.restricted = self._restricted_label()
+        self.owned = exists().where(idx_token.c.res_pk == resources.c.pk, idx_token.c.param == "_tag",
+                                    idx_token.c.system == OWNER_TAG_SYSTEM, idx_token.c.code == bindparam("acc_ods"))
+        self.reachable = or_(patient.in_(self._granted()), patient.in_(self._related()))
+        self._visible = {needs: self._visible_clause(needs) for needs in (True, False)}
+        self._label_hidden = {needs: self._label_hidden_clause(needs) for needs in (True, False)}
+        self._read = {needs: select(*repository.READ_COLUMNS, self._visible[needs].label("visible"),
+                                    self.holds_consent.label("holds_consent"))
+                      .where(resources.c.res_type == bindparam("res_type"), resources.c.res_id == bindparam("res_id"))
+                      for needs in (True, False)}
+        self._permitted = {needs: select(resources.c.pk, resources.c.patient_id, self.holds_consent)
+                           .where(resources.c.pk.in_(bindparam("acc_pks", expanding=True)), self._visible[needs])
+                           for needs in (True, False)}
 
-def withheld_by_label(viewer: Viewer, now: datetime, policy: Policy) -> ColumnElement[bool]:
-    """Rows SQL hides only because of a restricting label: what a search Bundle's marker reports."""
-    patient = resources.c.patient_id
-    not_own = patient != viewer.own_patient if viewer.own_patient else literal(True)
-    return and_(patient.is_not(None), not_own, patient_reachable(viewer, now, policy),
-                restricted_label(policy), ~owned_by(viewer.ods_code), ~patient.in_(consenting_patients()))
+    def params(self, viewer: Viewer, now: datetime) -> dict[str, Any]:
+        """The bound values for `viewer` at `now` (naive UTC)."""
+        values: dict[str, Any] = {"acc_user": viewer.user_id, "acc_ods": viewer.ods_code or "",
+                                  "acc_orgs": sorted(viewer.orgs), "acc_own": viewer.own_patient or "",
+                                  "acc_now": now}
+        values.update((f"acc_since_{i}", now - self.policy.relationship_windows[kind])
+                      for i, kind in enumerate(self.kinds))
+        return values
+
+    def visible(self, viewer: Viewer) -> ColumnElement[bool]:
+        """Resources the viewer may see as far as SQL can tell (Consents aside)."""
+        return self._visible[viewer.needs_relationship]
+
+    def label_hidden(self, viewer: Viewer) -> ColumnElement[bool]:
+        """Rows SQL hides only because of a restricting label: what a search Bundle's marker reports."""
+        return self._label_hidden[viewer.needs_relationship]
+
+    def read(self, viewer: Viewer) -> Select:
+        """The current version of :res_type/:res_id (repository's columns), whether the SQL rules let the
+        viewer see it, and whether its patient holds a Consent."""
+        return self._read[viewer.needs_relationship]
+
+    def permitted(self, viewer: Viewer) -> Select:
+        """(pk, patient id, holds a Consent) of the rows among :acc_pks the viewer may see."""
+        return self._permitted[viewer.needs_relationship]
+
+    def _restricted_label(self) -> ColumnElement[bool]:
+        pairs = [and_(idx_token.c.system == system, idx_token.c.code == code)
+                 for system, code in sorted(self.policy.restricting_labels)]
+        if not pairs:
+            return false()
+        return exists().where(idx_token.c.res_pk == resources.c.pk, idx_token.c.param == "_security", or_(*pairs))
+
+    def _related(self) -> Select:
+        """Patients with a live care relationship with one of :acc_orgs at :acc_now."""
+        rel = care_relationships.c
+        windows = [and_(rel.param == kind, or_(rel.high.is_(None), rel.high >= bindparam(f"acc_since_{i}")))
+                   for i, kind in enumerate(self.kinds)]
+        return select(rel.patient_id).where(rel.org.in_(bindparam("acc_orgs", expanding=True)),
+                                            or_(rel.low.is_(None), rel.low <= bindparam("acc_now")), or_(*windows))
+
+    @staticmethod
+    def _granted() -> Select:
+        grants = break_glass_grants.c
+        return select(grants.patient_id).where(grants.user_id == bindparam("acc_user"),
+                                               grants.expires > bindparam("acc_now"))
+
+    def _visible_clause(self, needs_relationship: bool) -> ColumnElement[bool]:
+        patient = resources.c.patient_id
+        label_ok = or_(~self.restricted, self.owned, self.holds_consent)
+        reachable = self.reachable if needs_relationship else literal(True)
+        return or_(patient.is_(None), self.own, and_(reachable, label_ok))
+
+    def _label_hidden_clause(self, needs_relationship: bool) -> ColumnElement[bool]:
+        patient = resources.c.patient_id
+        reachable = self.reachable if needs_relationship else literal(True)
+        return and_(patient.is_not(None), ~self.own, reachable, self.restricted, ~self.owned, ~self.holds_consent)
 
 
 # -- per-patient inputs to consent.decide -------------------------------------------------------
+
+
+_PATIENTS_OF = select(resources.c.pk, resources.c.patient_id, resources.c.patient_id.in_(consenting_patients())
+                      ).where(resources.c.pk.in_(bindparam("pks", expanding=True)))
 
 
 async def patients_of(conn: AsyncConnection, pks: Sequence[int]) -> dict[int, tuple[str | None, bool]]:
     """pk → (patient id, whether that patient holds a Consent) for stored resources."""
     if not pks:
         return {}
-    holds_consent = resources.c.patient_id.in_(consenting_patients())
-    rows = await conn.execute(select(resources.c.pk, resources.c.patient_id, holds_consent)
-                              .where(resources.c.pk.in_(list(pks))))
+    rows = await conn.execute(_PATIENTS_OF, {"pks": list(pks)})
     return {pk: (patient, bool(flag) and patient is not None) for pk, patient, flag in rows}
+
+
+def _contexts_statement() -> Any:
+    """Relationships, Consents and live break-glass grants of :ctx_patients, one row each (built once)."""
+    rel, grants = care_relationships.c, break_glass_grants.c
+    patients = bindparam("ctx_patients", expanding=True)
+    text_null = null()
+    return union_all(
+        select(literal("rel").label("src"), rel.patient_id, rel.param.label("kind"), rel.org, rel.low, rel.high,
+               text_null.label("content"))
+        .where(rel.patient_id.in_(patients), rel.org.in_(bindparam("ctx_orgs", expanding=True))),
+        select(literal("consent"), resources.c.patient_id, text_null, text_null, text_null, text_null,
+               cast(resources.c.content, Text))
+        .where(resources.c.res_type == "Consent", resources.c.deleted.is_(False), resources.c.patient_id.in_(patients)),
+        select(literal("grant"), grants.patient_id, text_null, text_null, text_null, grants.expires, text_null)
+        .where(grants.user_id == bindparam("ctx_user"), grants.patient_id.in_(patients),
+               grants.expires > bindparam("ctx_now")),
+    )
+
+
+_CONTEXTS = _contexts_statement()
 
 
 async def load_contexts(
     conn: AsyncConnection, patient_ids: Iterable[str], *, user_id: str, orgs: frozenset[str], now: datetime,
     policy: Policy,
 ) -> dict[str, PatientContext]:
-    """Consents, live relationships and break-glass state of each patient, in one round trip."""
+    """Consents, live relationships and break-glass state of each patient, in one round trip.
+
+    Relationships are returned whatever their period: `consent.decide` applies the policy's windows.
+    """
+    del policy
     wanted = sorted(set(patient_ids))
     if not wanted:
         return {}
-    rel = care_relationships.c
-    grants = break_glass_grants.c
-    text_null = null()
-    parts = [
-        select(literal("rel").label("src"), rel.patient_id, rel.param.label("kind"), rel.org, rel.low, rel.high,
-               text_null.label("content"))
-        .where(rel.patient_id.in_(wanted), rel.org.in_(sorted(orgs) or [""])),
-        select(literal("consent"), resources.c.patient_id, text_null, text_null, text_null, text_null,
-               _content_text())
-        .where(resources.c.res_type == "Consent", resources.c.deleted.is_(False), resources.c.patient_id.in_(wanted)),
-        select(literal("grant"), grants.patient_id, text_null, text_null, text_null, grants.expires, text_null)
-        .where(grants.user_id == user_id, grants.patient_id.in_(wanted), grants.expires > now),
-    ]
-    from sqlalchemy import union_all
-
     consents: dict[str, list[PatientConsent]] = {p: [] for p in wanted}
     relationships: dict[str, list[Relationship]] = {p: [] for p in wanted}
     glass: set[str] = set()
-    for src, patient, kind, org, low, high, content in await conn.execute(union_all(*parts)):
+    values = {"ctx_patients": wanted, "ctx_orgs": sorted(orgs) or [""], "ctx_user": user_id, "ctx_now": now}
+    for src, patient, kind, org, low, high, content in await conn.execute(_CONTEXTS, values):
         if src == "rel":
             relationships[patient].append(Relationship(patient, org, kind, _aware(low), _aware(high)))
         elif src == "consent":
@@ -216,12 +270,6 @@ def _consent(content: str | dict) -> PatientConsent | None:
     except ConsentError as exc:
         log.warning("consent not applied", extra={"fields": {"consent": document.get("id"), "error": str(exc)}})
         return None
-
-
-def _content_text() -> ColumnElement[str]:
-    from sqlalchemy import Text, cast
-
-    return cast(resources.c.content, Text)
 
 
 def _aware(moment: datetime | None) -> datetime | None:

@@ -23,11 +23,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from engine import outcomes
-from engine.access import SEARCH, decide_interaction
+from engine.access import SEARCH
+from engine.audit.events import record_for
 from engine.auth import Principal
 from engine.db.repository import format_instant, new_id, utc_now
 from engine.fhir.bundles import Entry, bundle_bytes
 from engine.fhir.rest import FhirRequest, FhirResponse
+from engine.outcomes import FhirError
 from engine.search.params import SearchError, parse_search
 from engine.transfers import actions, store
 from engine.transfers.config import TransfersConfig, process_config
@@ -70,11 +72,21 @@ def _install_action(app: FastAPI, handle: Handle, state_of: Callable[[Request], 
     @app.post(f"/fhir/Task/{{id}}/${action}", tags=["transfers"], summary=f"transfer of care: {action}")
     async def task_action(request: Request, id: str) -> Response:
         async def call(r: FhirRequest) -> FhirResponse:
-            result = await actions.act(state_of(request).db, r.principal, id, action, _reason(r), utc_now())
+            gate = state_of(request).gate
+            try:
+                result = await actions.act(gate, r.principal, id, action, _reason(r), utc_now())
+            except FhirError as error:
+                await gate.audit_refusal(r.principal, "update", f"Task/{id}", error, operation=f"${action}")
+                raise
             stored = result.stored
             return FhirResponse(200, (stored.content or "").encode(), {"ETag": stored.etag,
                                                                        "Last-Modified": stored.last_modified})
         return await handle(request, call)
+
+
+def _patient(task: dict[str, Any]) -> str | None:
+    reference = (task.get("for") or {}).get("reference") or ""
+    return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
 
 
 def _reason(request: FhirRequest) -> str | None:
@@ -172,14 +184,17 @@ def _install_tracking(app: FastAPI, handle: Handle, state_of: Callable[[Request]
                                            "as an ODS code", ("org",), "bad-parameter")
             ods = (owner or requester or "").strip()
             _check_org(r.principal, ods, config)
-            decision = decide_interaction(r.principal, SEARCH, "Task")
-            if not decision.permitted:
-                raise outcomes.forbidden(decision.code, decision.reason)
+            gate = state_of(request).gate
+            gate.authorise(r.principal, SEARCH, "Task")
             org_id = org_for_ods(ods).id
             async with state_of(request).db.read() as conn:
                 tasks = await store.open_tasks(conn, owner_id=org_id if owner else None,
                                                requester_id=org_id if requester else None)
             now = utc_now()
+            await gate.audit([record_for(
+                r.principal, recorded=now, subtype="search", query=f"{'org' if owner else 'requester'}={ods}",
+                patient_ids=tuple(p for p in (_patient(t) for t in tasks) if p),
+                entities=tuple(f"Task/{t.get('id')}" for t in tasks))])
             entries = sorted((outstanding_entry(t, now) for t in tasks),
                              key=lambda e: (-e["waitingSeconds"], e["task"]))
             if r.param("view") == "bundle":

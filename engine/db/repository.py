@@ -123,8 +123,15 @@ _VERSION_COLUMNS = (
 )
 
 
-def _stored(row: Sequence[Any]) -> Stored:
+READ_COLUMNS = _COLUMNS
+
+
+def stored_row(row: Sequence[Any]) -> Stored:
+    """A `Stored` from a row of `READ_COLUMNS`."""
     return Stored(*row)
+
+
+_stored = stored_row
 
 
 # Built once: constructing a select per read costs more than PostgreSQL takes to answer it.

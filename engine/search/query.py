@@ -344,7 +344,8 @@ def _reference(t: FromClause, m: ReferenceMatch) -> ColumnElement[bool]:
 
 
 async def search(
-    conn: AsyncConnection, req: SearchRequest, *, restriction: ColumnElement[bool] | None = None
+    conn: AsyncConnection, req: SearchRequest, *, restriction: ColumnElement[bool] | None = None,
+    restriction_values: dict[str, Any] | None = None,
 ) -> SearchPage:
     """Run `req`: one page of matches in sort order, with total, cursors and `_include`d resources.
 
@@ -355,7 +356,7 @@ async def search(
     Raises SearchError('_cursor') for a cursor that is not one of ours or belongs to another query.
     """
     cursor = decode_cursor(req.cursor, req) if req.cursor else None
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(restriction_values or {})
     skeleton = _skeleton(req.criteria, values)
     if cursor is not None:
         values["snapshot"] = cursor.snapshot
@@ -451,19 +452,30 @@ async def _total(
 
 
 async def match_flags(
-    conn: AsyncConnection, req: SearchRequest, clauses: Sequence[ColumnElement[bool]]
+    conn: AsyncConnection, req: SearchRequest, clauses: Sequence[ColumnElement[bool]],
+    values: dict[str, Any] | None = None,
 ) -> list[bool]:
-    """For each of `clauses`: does any resource matching `req`'s criteria satisfy it? (one statement)"""
+    """For each of `clauses`: does any resource matching `req`'s criteria satisfy it? (one statement;
+    `values` binds the clauses' parameters)"""
     if not clauses:
         return []
-    values: dict[str, Any] = {}
-    where = _where(resources, req.resource_type, _skeleton(req.criteria, values))
-    stmt = select(*(exists().where(where, clause).label(f"f{i}") for i, clause in enumerate(clauses)))
+    values = dict(values or {})
+    stmt = _flags_statement(req.resource_type, _skeleton(req.criteria, values), tuple(clauses))
     row = (await conn.execute(stmt, values)).one()
     return [bool(flag) for flag in row]
 
 
+@lru_cache(maxsize=256)
+def _flags_statement(resource_type: str, skeleton: tuple[Condition, ...],
+                     clauses: tuple[ColumnElement[bool], ...]) -> Select[Any]:
+    where = _where(resources, resource_type, skeleton)
+    return select(*(exists().where(where, clause).label(f"f{i}") for i, clause in enumerate(clauses)))
+
+
+@lru_cache(maxsize=1024)
 def _restricted(stmt: Select[Any], restriction: ColumnElement[bool] | None) -> Select[Any]:
+    """`stmt` with the gate's restriction; cached, as both are built once per shape (the gate's
+    policy clauses take their values as bound parameters)."""
     return stmt if restriction is None else stmt.where(restriction)
 
 

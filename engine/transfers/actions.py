@@ -14,10 +14,9 @@ from typing import Any
 import orjson
 
 from engine import outcomes
-from engine.access import UPDATE, decide_interaction
+from engine.access import UPDATE, AccessGate
 from engine.auth import Principal
 from engine.db import repository
-from engine.db.database import Database
 from engine.db.repository import Stored
 from engine.outcomes import FhirError
 from engine.transfers import store
@@ -32,9 +31,6 @@ class ActionResult:
 
 def check_owner(principal: Principal, task: dict[str, Any]) -> None:
     """403 unless `principal` acts for the organisation that owns the Task (pure)."""
-    decision = decide_interaction(principal, UPDATE, "Task")
-    if not decision.permitted:
-        raise outcomes.forbidden(decision.code, decision.reason)
     owner = owner_ods(task)
     if owner is None or principal.org is None or principal.org.upper() != owner.upper():
         raise outcomes.forbidden("not-task-owner", "Only the receiving organisation (the Task's owner) may do this")
@@ -44,10 +40,14 @@ def is_transfer(task: dict[str, Any]) -> bool:
     return any(i.get("system") == TRANSFER_IDENTIFIER for i in task.get("identifier") or ())
 
 
-async def act(db: Database, principal: Principal, task_id: str, action: str, reason: str | None,
+async def act(gate: AccessGate, principal: Principal, task_id: str, action: str, reason: str | None,
               now: datetime) -> ActionResult:
-    """Apply `action` to Task `task_id` as `principal`; 404, 403, 409 or 422 as FhirError."""
-    async with db.write() as conn:
+    """Apply `action` to Task `task_id` as `principal`; 404, 403, 409 or 422 as FhirError.
+
+    Through the access gate: the role table must allow updating Tasks, and the change is audited in
+    its own transaction (a refusal is audited by the caller)."""
+    gate.authorise(principal, UPDATE, "Task")
+    async with gate.db.write() as conn:
         current = await repository.read(conn, "Task", task_id, for_update=True)
         if current is None or current.deleted or not current.content:
             raise outcomes.not_found("Task", task_id)
@@ -64,6 +64,7 @@ async def act(db: Database, principal: Principal, task_id: str, action: str, rea
             return ActionResult(current, False)
         stored, _ = await repository.update(conn, updated, now=now, res_id=task_id)
         await store.enqueue(conn, orjson.loads(stored.content or "{}"), store.TASK_STATUS, now)
+        await gate.audit_change(conn, principal, "update", stored)
         return ActionResult(stored, True)
 
 

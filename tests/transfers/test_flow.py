@@ -126,11 +126,12 @@ def test_resends_and_replays_create_no_duplicates_and_keep_the_status(ctx, run, 
 
 
 async def _accept(db: Database, task_id: str) -> None:
+    from engine.access import AccessGate
     from engine.auth import system_principal
     from engine.transfers.actions import act
 
     principal = replace(system_principal("gp-user", "GP"), org=GP_ODS)
-    await act(db, principal, task_id, "accept", None, utc_now())
+    await act(AccessGate(db), principal, task_id, "accept", None, utc_now())
 
 
 def test_a_failure_in_raising_transfers_rolls_the_message_back(ctx, run, monkeypatch) -> None:
