@@ -298,14 +298,14 @@ class AccessGate:
         restriction = rules if scope is None else and_(scope, rules)
         params = self.sql.params(viewer, _naive(now))
         label_hidden = False
-        if request.cursor is None:
+        if pinned:
+            # The patient's record holds labelled data of this type the viewer may not see.
+            label_hidden = (not consents_possible and pinned != who.own_patient
+                            and request.resource_type in context.hidden_types)
+        elif request.cursor is None:
             hidden = self.sql.label_hidden(viewer)
-            checks = [hidden if scope is None else and_(scope, hidden)]
-            if not pinned:
-                checks.append(and_(restriction, self.sql.holds_consent))
-            flags = await match_flags(conn, request, checks, params)
-            label_hidden = flags[0]
-            consents_possible = consents_possible or (not pinned and flags[1])
+            checks = [hidden if scope is None else and_(scope, hidden), and_(restriction, self.sql.holds_consent)]
+            label_hidden, consents_possible = await match_flags(conn, request, checks, params)
         if consents_possible:
             # Python may withhold rows SQL counted: a total would reveal how many.
             request = replace(request, total="none")
@@ -535,7 +535,8 @@ class AccessGate:
                              patient_id: str, now: datetime) -> PatientContext:
         """Refuse a request about one patient when there is no relationship and no break-glass."""
         context = (await load_contexts(conn, [patient_id], user_id=who.user_id, orgs=viewer.orgs,
-                                       now=_naive(now), policy=self.policy))[patient_id]
+                                       now=_naive(now), policy=self.policy,
+                                       hidden_for=(self.sql, who.org or "")))[patient_id]
         request = AccessRequest(self.requester(who, viewer.orgs, break_glass=context.break_glass),
                                 _INTERACTION_NAMES[READ])
         decision = decide_patient(request, res_type, patient_id, context.consents, context.relationships, now,

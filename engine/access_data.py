@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
     Text,
     and_,
     bindparam,
@@ -59,6 +60,9 @@ class PatientContext:
     consents: tuple[PatientConsent, ...] = ()
     relationships: tuple[Relationship, ...] = ()
     break_glass: bool = False
+    # Resource types of this patient's record that carry a restricting label the viewer's organisation
+    # does not own (only when asked for: `PolicySql.contexts_with_hidden`).
+    hidden_types: frozenset[str] = frozenset()
 
 
 class OrganisationKeys:
@@ -135,6 +139,12 @@ class PolicySql:
                                     self.holds_consent.label("holds_consent"))
                       .where(resources.c.res_type == bindparam("res_type"), resources.c.res_id == bindparam("res_id"))
                       for needs in (True, False)}
+        no_time = cast(null(), DateTime)
+        hidden = (select(literal("hidden"), resources.c.patient_id, resources.c.res_type, cast(null(), Text),
+                         no_time, no_time, cast(null(), Text))
+                  .where(resources.c.patient_id.in_(bindparam("ctx_patients", expanding=True)),
+                         resources.c.deleted.is_(False), self.restricted, ~self.owned).distinct())
+        self.contexts_with_hidden = union_all(*_CONTEXTS.selects, hidden)
         self._permitted = {needs: select(resources.c.pk, resources.c.patient_id, self.holds_consent)
                            .where(resources.c.pk.in_(bindparam("acc_pks", expanding=True)), self._visible[needs])
                            for needs in (True, False)}
@@ -236,11 +246,13 @@ _CONTEXTS = _contexts_statement()
 
 async def load_contexts(
     conn: AsyncConnection, patient_ids: Iterable[str], *, user_id: str, orgs: frozenset[str], now: datetime,
-    policy: Policy,
+    policy: Policy, hidden_for: tuple[PolicySql, str] | None = None,
 ) -> dict[str, PatientContext]:
     """Consents, live relationships and break-glass state of each patient, in one round trip.
 
     Relationships are returned whatever their period: `consent.decide` applies the policy's windows.
+    With `hidden_for` (the policy's SQL and the viewer's ODS code) also the types of each record that
+    carry a restricting label that organisation does not own.
     """
     del policy
     wanted = sorted(set(patient_ids))
@@ -248,10 +260,17 @@ async def load_contexts(
         return {}
     consents: dict[str, list[PatientConsent]] = {p: [] for p in wanted}
     relationships: dict[str, list[Relationship]] = {p: [] for p in wanted}
+    hidden: dict[str, set[str]] = {p: set() for p in wanted}
     glass: set[str] = set()
     values = {"ctx_patients": wanted, "ctx_orgs": sorted(orgs) or [""], "ctx_user": user_id, "ctx_now": now}
-    for src, patient, kind, org, low, high, content in await conn.execute(_CONTEXTS, values):
-        if src == "rel":
+    statement = _CONTEXTS
+    if hidden_for is not None:
+        statement = hidden_for[0].contexts_with_hidden
+        values["acc_ods"] = hidden_for[1] or ""
+    for src, patient, kind, org, low, high, content in await conn.execute(statement, values):
+        if src == "hidden":
+            hidden[patient].add(kind)
+        elif src == "rel":
             relationships[patient].append(Relationship(patient, org, kind, _aware(low), _aware(high)))
         elif src == "consent":
             parsed = _consent(content)
@@ -259,7 +278,8 @@ async def load_contexts(
                 consents[patient].append(parsed)
         else:
             glass.add(patient)
-    return {p: PatientContext(tuple(consents[p]), tuple(relationships[p]), p in glass) for p in wanted}
+    return {p: PatientContext(tuple(consents[p]), tuple(relationships[p]), p in glass, frozenset(hidden[p]))
+            for p in wanted}
 
 
 def _consent(content: str | dict) -> PatientConsent | None:
