@@ -22,6 +22,7 @@ from engine.db.repository import Stored, VersionConflict
 from engine.outcomes import FhirError, OutcomeIssue
 from engine.search.params import SearchError, parse_search
 from engine.search.registry import SUPPORTED_TYPES
+from engine.transfers.tasks import TRANSFER_IDENTIFIER
 from engine.validation import validate_resource
 
 _ID_PATTERN_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
@@ -124,6 +125,7 @@ async def update(
         )
     gate.authorise(who, UPDATE, res_type)
     current = await repository.read(conn, res_type, res_id, for_update=True)
+    _check_not_transfer(who, current)
     if current is None:
         gate.authorise(who, CREATE, res_type)
         await repository.lock_for(conn, "create", res_type, res_id)
@@ -167,6 +169,7 @@ async def delete(
     """Delete; deleting a missing or already-deleted resource is not an error (204/200)."""
     gate.authorise(who, DELETE, res_type)
     current = await repository.read(conn, res_type, res_id, for_update=True)
+    _check_not_transfer(who, current)
     if current is not None and not current.deleted and (
         current.pk not in await gate.permitted_pks(conn, who, DELETE, [current])
     ):
@@ -175,6 +178,16 @@ async def delete(
     if stored is not None and current is not None and not current.deleted:
         await gate.audit_change(conn, who, "delete", stored)
     return WriteResult(stored, 204 if stored is None else 200)
+
+
+def _check_not_transfer(who: Principal, current: Stored | None) -> None:
+    """A transfer-of-care Task moves only through its operations ($receive, $accept, $reject), which
+    keep its state machine; people may not PUT or DELETE it (the engine's own writers may)."""
+    if who.is_system or current is None or current.res_type != "Task" or not current.content:
+        return
+    if TRANSFER_IDENTIFIER in current.content:
+        raise outcomes.error(409, "conflict", "A transfer of care changes only through $receive, $accept or "
+                             "$reject", details_code="use-transfer-operations")
 
 
 async def conditional_delete(

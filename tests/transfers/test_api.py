@@ -28,7 +28,7 @@ def discharged(client, ctx, run, monkeypatch) -> dict[str, dict[str, Any]]:
 
 
 def as_org(make_token, org: str, role: str = "R8000") -> dict[str, str]:
-    return {"Authorization": f"Bearer {make_token(org=org, role=role)}"}
+    return {"Authorization": f"Bearer {make_token('user/*.cruds', org=org, role=role)}"}
 
 
 def act(client, task_id: str, action: str, headers: dict[str, str], body: Any = None):
@@ -91,7 +91,8 @@ def test_outstanding_transfers_oldest_first_with_their_wait(client, discharged, 
     assert client.get(f"/transfers/outstanding?org={GP_ODS}", headers=as_org(make_token, GP_ODS)).json()["total"] == 0
     forbidden = client.get(f"/transfers/outstanding?org={GP_ODS}", headers=as_org(make_token, "Y99999"))
     assert forbidden.status_code == 403
-    admin = client.get(f"/transfers/outstanding?org={GP_ODS}", headers=as_org(make_token, "X26", role="R8015"))
+    admin = client.get(f"/transfers/outstanding?org={GP_ODS}",  # a systems-support backend service
+                       headers={"Authorization": f"Bearer {make_token(org='X26', role='R8015')}"})
     assert admin.status_code == 200
     assert client.get("/transfers/outstanding", headers=as_org(make_token, GP_ODS)).status_code == 400
 
@@ -142,3 +143,12 @@ def test_dead_letters_are_for_administrators(client, make_token) -> None:
     assert client.post("/transfers/dead-letters/42/$retry", headers=admin).status_code == 404
     own = client.get(f"/transfers/deliveries?org={GP_ODS}", headers=as_org(make_token, GP_ODS))
     assert own.status_code == 200 and own.json()["total"] == 0
+
+
+def test_a_transfer_moves_only_through_its_operations(client, discharged, make_token) -> None:
+    task = discharged[GP_ODS]
+    edited = {**task, "status": "completed"}
+    headers = {**as_org(make_token, GP_ODS), "Content-Type": "application/fhir+json"}
+    response = client.put(f"/fhir/Task/{task['id']}", json=edited, headers=headers)
+    assert response.status_code == 409 and details(response) == "use-transfer-operations"
+    assert client.delete(f"/fhir/Task/{task['id']}", headers=headers).status_code in {403, 409}  # role, or 409
