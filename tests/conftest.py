@@ -8,6 +8,7 @@ the suite runs on it whenever that server answers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
@@ -16,12 +17,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
 from engine.config import Settings, load_settings
+from engine.db.database import Database, open_database
 
 BACKEND = os.environ.get("SHAREDCARE_TEST_BACKEND", "sqlite")
 PG_URL = os.environ.get("SHAREDCARE_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -111,14 +114,14 @@ def clean_store(database_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def dev_key(settings: Settings):  # noqa: ANN201
+def dev_key(settings: Settings):
     from engine.auth import ensure_dev_key
 
     return ensure_dev_key(settings.dev_key_dir)
 
 
 @pytest.fixture(scope="session")
-def make_token(settings: Settings, dev_key):  # noqa: ANN001, ANN201
+def make_token(settings: Settings, dev_key):
     """make_token(scope="system/*.cruds", role="R8000", org="RR8", patient=None, user="test-user") → bearer token.
 
     The default is a backend service (SMART system/ scopes: no relationship rules, still audited);
@@ -135,7 +138,7 @@ def make_token(settings: Settings, dev_key):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def client(settings: Settings, clean_store: str, make_token) -> Iterator[object]:  # noqa: ANN001
+def client(settings: Settings, clean_store: str, make_token) -> Iterator[object]:
     """A TestClient on a clean store, authenticated as a backend service with system/*.cruds."""
     from fastapi.testclient import TestClient
 
@@ -190,3 +193,28 @@ class LiveServer:
 def live_server(settings: Settings, clean_store: str) -> Iterator[LiveServer]:
     with LiveServer(settings) as server:
         yield server
+
+
+# -- one event loop and one Database per test session (for tests that call the engine directly) ----------
+
+
+@pytest.fixture(scope="session")
+def runner() -> Iterator[asyncio.Runner]:
+    with asyncio.Runner() as loop:
+        yield loop
+
+
+@pytest.fixture(scope="session")
+def db(database_url: str, runner: asyncio.Runner) -> Iterator[Database]:
+    database = open_database(database_url, pool_size=4)
+    yield database
+    runner.run(database.dispose())
+
+
+@pytest.fixture
+def run(runner: asyncio.Runner):
+    """run(coroutine) → its result, on the session's loop."""
+    def go(coroutine: Any) -> Any:
+        return runner.run(coroutine)
+
+    return go

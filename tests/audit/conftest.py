@@ -3,37 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from engine.audit.events import READ, AuditRecord
-from engine.db.database import Database, open_database
-
-
-# The same session loop and Database fixtures as tests/ingest/conftest.py (candidates for tests/conftest.py).
-@pytest.fixture(scope="session")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as loop:
-        yield loop
-
-
-@pytest.fixture(scope="session")
-def db(database_url: str, runner: asyncio.Runner) -> Iterator[Database]:
-    database = open_database(database_url, pool_size=4)
-    yield database
-    runner.run(database.dispose())
-
-
-@pytest.fixture
-def run(runner: asyncio.Runner):
-    """run(coroutine) → its result, on the session's loop."""
-    def go(coroutine: Any) -> Any:
-        return runner.run(coroutine)
-
-    return go
+from engine.db.database import Database
 
 
 async def _empty(db: Database) -> None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 
 from adapters.senders import SecurityLabel, SenderConfig
-from engine.db.database import Database, open_database
+from engine.db.database import Database
 from engine.ingest.pipeline import IngestContext
 
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -32,19 +30,6 @@ class Clock:
     def __call__(self) -> datetime:
         self.moment += timedelta(milliseconds=1)
         return self.moment
-
-
-@pytest.fixture(scope="session")
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as loop:
-        yield loop
-
-
-@pytest.fixture(scope="session")
-def db(database_url: str, runner: asyncio.Runner) -> Iterator[Database]:
-    database = open_database(database_url, pool_size=4)
-    yield database
-    runner.run(database.dispose())
 
 
 async def _empty(db: Database) -> None:
@@ -69,10 +54,3 @@ def ctx(store: Database) -> IngestContext:
     return IngestContext(db=store, senders=dict(SENDERS), now=Clock())
 
 
-@pytest.fixture
-def run(runner: asyncio.Runner):
-    """run(coroutine) → its result, on the session's loop."""
-    def go(coroutine: Any) -> Any:
-        return runner.run(coroutine)
-
-    return go

@@ -14,7 +14,7 @@ from engine.db.repository import utc_now
 from engine.ingest.pipeline import IngestContext
 from engine.transfers.schema import TABLES
 from tests.conftest import free_port
-from tests.ingest.conftest import SENDERS, _empty, db, run, runner  # noqa: F401 - shared fixtures
+from tests.ingest.conftest import SENDERS, _empty
 from tests.transfers.helpers import Receiver
 
 
@@ -26,7 +26,7 @@ async def _empty_transfers(database: Database) -> None:
 
 
 @pytest.fixture
-def store(db: Database, runner) -> Database:  # noqa: F811
+def store(db: Database, runner) -> Database:
     """The session's database with the store, ingest and transfer tables emptied."""
     runner.run(_empty_transfers(db))
     return db
