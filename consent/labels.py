@@ -5,7 +5,6 @@ Ingest applies them (`apply_labels`) so that the gate decides on labels alone an
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,15 +29,13 @@ def sensitivity_labels(document: Mapping[str, Any], policy: Policy) -> list[dict
 
 
 def apply_labels(document: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
-    """A copy of `document` with `sensitivity_labels` merged into `meta.security`: existing labels kept in
-    their order, new ones appended in sorted order, nothing added twice (idempotent)."""
-    labelled = copy.deepcopy(dict(document))
-    meta = labelled.setdefault("meta", {})
+    """`document` with `sensitivity_labels` merged into `meta.security`: existing labels kept in their
+    order, new ones appended in sorted order, nothing added twice (idempotent). A new dict; the input is
+    never changed (its nested parts are shared, and only `meta` is rebuilt when a label is added)."""
+    meta = document.get("meta") if isinstance(document.get("meta"), Mapping) else {}
     security = list(meta.get("security") or [])
     present = {(c.get("system"), c.get("code")) for c in security if isinstance(c, Mapping)}
     additions = [c for c in sensitivity_labels(document, policy) if (c["system"], c["code"]) not in present]
-    if additions:
-        meta["security"] = security + additions
-    elif not meta:
-        del labelled["meta"]
-    return labelled
+    if not additions:
+        return dict(document)
+    return {**document, "meta": {**meta, "security": security + additions}}

@@ -38,6 +38,9 @@ from adapters.hl7v2.parser import Message, ParseError, decode_bytes, parse_messa
 from adapters.registry import Adapter
 from adapters.registry import adapter_for as default_adapter_for
 from adapters.senders import SenderConfig, generic_sender
+from consent.labels import apply_labels
+from consent.policy import Policy, load_policy
+from engine.config import access_policy_path
 from engine.db.database import Database
 from engine.db.ingest_schema import ERROR, PROCESSED, REJECTED
 from engine.db.repository import utc_now
@@ -75,6 +78,8 @@ class IngestContext:
     now: Callable[[], datetime] = utc_now
     adapter_for: Callable[[str], Adapter] = field(default=default_adapter_for)
     max_attempts: int = 5  # transactions tried when they collide with concurrent writers
+    # The access policy whose sensitive code lists label what is ingested (consent/policy.json).
+    policy: Policy = field(default_factory=lambda: load_policy(access_policy_path()))
 
     @classmethod
     def from_environment(cls, db: Database, environ: Mapping[str, str] | None = None) -> IngestContext:
@@ -150,7 +155,7 @@ async def process(ctx: IngestContext, text: str, *, transport: str, received_at:
         return await job.failed(message, error, "AR")
     try:
         adapter = ctx.adapter_for(sender.kind)
-        result = adapter(message, sender)
+        result = with_sensitivity_labels(adapter(message, sender), ctx.policy)
     except MappingError as exc:
         return await job.failed(message, exc, "AR" if exc.reject else "AE")
     except Exception:  # a bug in a map must not lose the message: store it for replay after the fix
@@ -353,6 +358,13 @@ class _Job:
             error_location=store.location_text(error.location) if error else None,
             event_time=event_time, processed_at=now, unmapped=unmapped, warnings=warnings, patient_id=patient_id,
         )
+
+
+def with_sensitivity_labels(result: MappingResult, policy: Policy) -> MappingResult:
+    """The policy's sensitive code lists applied to what a message yields (`meta.security`: e.g. an
+    ICD-10 F32 diagnosis is labelled PSY and R), as every write through the access gate is."""
+    result.resources[:] = [apply_labels(resource, policy) for resource in result.resources]
+    return result
 
 
 def _people(result: MappingResult) -> list[PatientKey | None]:

@@ -395,3 +395,18 @@ def test_locks_and_a_message_id_in_one_round_trip(ctx, run) -> None:
 
     first, second, held = run(check())
     assert held == 3 and second > first
+
+
+def test_ingested_resources_get_the_policys_sensitivity_labels() -> None:
+    from consent.policy import load_policy
+    from engine.ingest.pipeline import with_sensitivity_labels
+    from mappings.result import MappingResult
+
+    depression = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                  "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "F32.1"}]}}
+    sprain = {"resourceType": "Condition", "id": "c2", "subject": {"reference": "Patient/p1"},
+              "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "S93.4"}]}}
+    result = MappingResult("ADT^A01", [depression, sprain], "p1", None, None)
+    labelled = with_sensitivity_labels(result, load_policy()).resources
+    assert {c["code"] for c in labelled[0]["meta"]["security"]} == {"PSY", "R"}
+    assert "meta" not in labelled[1]
