@@ -96,3 +96,14 @@ def test_the_chain_verifies_after_traffic(record, as_user, database_url) -> None
             await db.dispose()
 
     assert asyncio.run(check())
+
+
+def test_the_command_line_explains_too(record, database_url, monkeypatch, capsys) -> None:  # noqa: ANN001, F811
+    from engine.cli import main
+
+    monkeypatch.setenv("SHAREDCARE_DATABASE_URL", database_url)
+    assert main(["access", "explain", "--patient", "alice", "--role", "R8000", "--org", "RR8"]) == 0
+    lines = {line.split()[0]: line.split()[1:3] for line in capsys.readouterr().out.splitlines()}
+    assert lines["Observation/obs-alice-psy"] == ["withhold", "sensitive"]
+    assert lines["Observation/obs-alice-hr"][0] == "permit"
+    assert main(["access", "explain", "--patient", "nobody", "--role", "R8000"]) == 1
