@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import func, insert, select, update
+from psycopg.types.json import Jsonb
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.audit.events import AuditRecord, record_bytes, record_from_json
@@ -82,6 +83,10 @@ async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[
         patients += [{"patient_id": p, "seq": seq} for p in record.patient_ids]
         entities += [{"reference": e, "seq": seq} for e in dict.fromkeys(map(entity_key, record.entities))]
         prev = digest
+    if conn.dialect.name == "postgresql":
+        await conn.execute(_PG_APPEND, {"rows": _jsonb(rows), "patients": _jsonb(patients),
+                                        "entities": _jsonb(entities), "seq": seq, "hash": prev})
+        return [row["seq"] for row in rows]
     await conn.execute(insert(audit_log), rows)
     if patients:
         await conn.execute(insert(audit_patients), patients)
@@ -93,6 +98,24 @@ async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[
         await conn.execute(update(audit_chain_head).where(audit_chain_head.c.id == _HEAD_ID)
                            .values(seq=seq, hash=prev))
     return [row["seq"] for row in rows]
+
+
+# PostgreSQL: the rows, their index rows and the new head in one statement (one round trip per batch
+# instead of four), fed by JSON recordsets.
+_PG_APPEND = text("""WITH l AS (INSERT INTO audit_log (seq, recorded, kind, user_id, role, org, purpose, action, subtype,
+ outcome, break_glass, record, prev_hash, hash) SELECT * FROM jsonb_to_recordset(:rows) AS x(seq bigint,
+ recorded timestamp, kind text, user_id text, role text, org text, purpose text, action text, subtype text,
+ outcome text, break_glass boolean, record text, prev_hash text, hash text)),
+p AS (INSERT INTO audit_patients (patient_id, seq) SELECT patient_id, seq FROM jsonb_to_recordset(:patients)
+ AS x(patient_id text, seq bigint)),
+e AS (INSERT INTO audit_entities (reference, seq) SELECT reference, seq FROM jsonb_to_recordset(:entities)
+ AS x(reference text, seq bigint))
+INSERT INTO audit_chain_head (id, seq, hash) VALUES (1, :seq, :hash)
+ ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash""")
+
+
+def _jsonb(rows: list[dict[str, Any]]) -> Jsonb:
+    return Jsonb(rows, dumps=lambda value: orjson.dumps(value).decode())
 
 
 # -- group commit ----------------------------------------------------------------------------------
