@@ -278,3 +278,12 @@ def orjson_id(line: str) -> str:
     import json
 
     return json.loads(line)["id"]
+
+
+def test_care_team_membership_is_a_relationship(record, as_user) -> None:  # noqa: ANN001
+    assert record.get("/fhir/Observation/obs-bob-hr", headers=as_user("RR8")).status_code == 403
+    team = {"resourceType": "CareTeam", "id": "team-bob", "status": "active",
+            "subject": {"reference": "Patient/bob"}, "period": {"start": "2026-01-01T00:00:00Z"},
+            "participant": [{"member": {"reference": "Organization/org-rr8"}}]}
+    assert record.put("/fhir/CareTeam/team-bob", json=team, headers={"Content-Type": FHIR}).status_code == 201
+    assert record.get("/fhir/Observation/obs-bob-hr", headers=as_user("RR8")).status_code == 200

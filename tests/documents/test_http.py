@@ -320,3 +320,18 @@ def test_documents_follow_the_gate_for_relationship_and_role(demo_client, make_t
     receptionist = {"Authorization": f"Bearer {make_token(role='R8009', org='RR8', user='reception')}"}
     may_read_clinical = demo_client.get("/fhir/Condition/cond-alice-af", headers=receptionist).status_code == 200
     assert (issue(demo_client, **receptionist).status_code == 201) == may_read_clinical
+
+
+def test_procedures_of_the_encounter_fill_their_heading(demo_client) -> None:
+    procedure = {"resourceType": "Procedure", "id": "proc-alice-cxr", "status": "completed",
+                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": "399208008",
+                                      "display": "Plain chest X-ray"}]},
+                 "subject": {"reference": "Patient/pat-alice-hughes"},
+                 "encounter": {"reference": f"Encounter/{ALICE_ADMISSION}"},
+                 "performedDateTime": "2025-01-06T11:00:00+00:00"}
+    stored = demo_client.put("/fhir/Procedure/proc-alice-cxr", json=procedure, headers={"Content-Type": FHIR})
+    assert stored.status_code == 201, stored.text
+    bundle = issue(demo_client).json()
+    section = next(s for s in composition_of(bundle)["section"] if s["title"] == "Procedures")
+    assert section["entry"] == [{"reference": "Procedure/proc-alice-cxr"}]
+    assert "Plain chest X-ray" in section["text"]["div"]

@@ -479,7 +479,7 @@ def test_examples_give_rows_that_fit_the_tables() -> None:
 
 
 def test_registry_types_and_common_parameters() -> None:
-    assert len(SUPPORTED_TYPES) == 24 and "Patient" in SUPPORTED_TYPES and "Task" in SUPPORTED_TYPES
+    assert len(SUPPORTED_TYPES) == 28 and "Patient" in SUPPORTED_TYPES and "Task" in SUPPORTED_TYPES
     for resource_type in SUPPORTED_TYPES:
         params = params_for(resource_type)
         assert {"_profile", "_tag", "_security", "_source"} <= set(params)
