@@ -44,7 +44,13 @@ from sqlalchemy.sql.expression import Select
 
 from consent.model import ConsentError, PatientConsent, Relationship, parse_consent
 from consent.policy import Policy
-from consent.vocabulary import ODS_SITE_SYSTEM, ODS_SYSTEM, OWNER_TAG_SYSTEM
+from consent.vocabulary import (
+    CONSENT_SCOPE_SYSTEM,
+    ODS_SITE_SYSTEM,
+    ODS_SYSTEM,
+    OWNER_TAG_SYSTEM,
+    PATIENT_PRIVACY,
+)
 from engine.db import repository
 from engine.db.access_schema import break_glass_grants
 from engine.db.schema import care_relationships, idx_token, resources
@@ -273,7 +279,7 @@ async def load_contexts(
         elif src == "rel":
             relationships[patient].append(Relationship(patient, org, kind, _aware(low), _aware(high)))
         elif src == "consent":
-            parsed = _consent(content)
+            parsed = _consent(content, patient)
             if parsed is not None:
                 consents[patient].append(parsed)
         else:
@@ -282,14 +288,29 @@ async def load_contexts(
             for p in wanted}
 
 
-def _consent(content: str | dict) -> PatientConsent | None:
-    """A stored Consent as `consent.decide` reads it; one it cannot apply is logged and left out."""
+def _consent(content: str | dict, patient_id: str) -> PatientConsent | None:
+    """A stored Consent as `consent.decide` reads it.
+
+    One that claims to be a privacy consent but cannot be applied as written fails closed: it is read
+    as an objection (nothing shared outside the organisation holding the data) and logged, so that a
+    patient's restriction is never dropped for a mistake in how it was recorded.
+    """
     document = orjson.loads(content) if isinstance(content, str) else content
     try:
         return parse_consent(document)
     except ConsentError as exc:
-        log.warning("consent not applied", extra={"fields": {"consent": document.get("id"), "error": str(exc)}})
-        return None
+        log.warning("consent not applicable as written; read as an objection",
+                    extra={"fields": {"consent": document.get("id"), "error": str(exc)}})
+        return parse_consent({**_OBJECTION, "id": document.get("id") or "unreadable",
+                              "patient": {"reference": f"Patient/{patient_id}"}})
+
+
+# The shape of an objection (consent.decide): an active patient-privacy Consent denying everything.
+_OBJECTION: dict[str, Any] = {
+    "resourceType": "Consent", "status": "active",
+    "scope": {"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": PATIENT_PRIVACY}]},
+    "provision": {"type": "deny"},
+}
 
 
 def _aware(moment: datetime | None) -> datetime | None:

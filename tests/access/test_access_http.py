@@ -287,3 +287,13 @@ def test_care_team_membership_is_a_relationship(record, as_user) -> None:  # noq
             "participant": [{"member": {"reference": "Organization/org-rr8"}}]}
     assert record.put("/fhir/CareTeam/team-bob", json=team, headers={"Content-Type": FHIR}).status_code == 201
     assert record.get("/fhir/Observation/obs-bob-hr", headers=as_user("RR8")).status_code == 200
+
+
+def test_a_privacy_consent_that_cannot_be_applied_fails_closed(record, as_user) -> None:  # noqa: ANN001
+    unclear = {**objection("alice"), "id": "unclear"}
+    del unclear["policyRule"]
+    unclear["provision"] = {"period": {"start": "2026-01-01"}}  # no type, no policy rule: deny or permit?
+    assert record.put("/fhir/Consent/unclear", json=unclear, headers={"Content-Type": FHIR}).status_code == 201
+    # Read as an objection: the hospital keeps its own data, the GP's is withheld.
+    assert record.get("/fhir/Observation/obs-alice-hr", headers=as_user("RR8")).status_code == 200
+    assert record.get("/fhir/Observation/obs-alice-gp-bp", headers=as_user("RR8")).status_code == 404
