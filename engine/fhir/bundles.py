@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import orjson
+from fhir.resources.R4B import get_fhir_model_class
 
 from engine.db.repository import format_instant, utc_now
 
@@ -80,9 +82,9 @@ _SUMMARY_DROP = {"text", "contained", "extension", "modifierExtension"}
 def resource_summary(content: str, mode: str) -> bytes:
     """`_summary=text|data|true` (https://hl7.org/fhir/R4/search.html#summary).
 
-    `true` keeps the elements a summary needs most often: without the element definitions'
-    isSummary flags at hand we keep everything but narrative, contained resources and extensions,
-    and mark the result SUBSETTED so no client mistakes it for the whole resource.
+    `true` keeps the top-level elements the R4 definitions mark isSummary (read from the
+    fhir.resources R4B models), plus `resourceType`; every subset is marked SUBSETTED so no client
+    mistakes it for the whole resource.
     """
     resource = orjson.loads(content)
     if mode == "text":
@@ -90,8 +92,23 @@ def resource_summary(content: str, mode: str) -> bytes:
     elif mode == "data":
         subset = {k: v for k, v in resource.items() if k != "text"}
     else:
-        subset = {k: v for k, v in resource.items() if k not in _SUMMARY_DROP}
+        kept = summary_elements(str(resource.get("resourceType", "")))
+        if kept:
+            subset = {k: v for k, v in resource.items() if k == "resourceType" or k in kept}
+        else:  # a type the models do not know: at least drop what is never summary
+            subset = {k: v for k, v in resource.items() if k not in _SUMMARY_DROP}
     return orjson.dumps(_subsetted(subset))
+
+
+@cache
+def summary_elements(res_type: str) -> frozenset[str]:
+    """The JSON names of `res_type`'s top-level elements marked isSummary in R4 (empty if unknown)."""
+    try:
+        model = get_fhir_model_class(res_type)
+    except (KeyError, ValueError):
+        return frozenset()
+    return frozenset(field.alias or name for name, field in model.model_fields.items()
+                     if (field.json_schema_extra or {}).get("summary_element_property"))
 
 
 def _subsetted(resource: dict[str, Any]) -> dict[str, Any]:

@@ -372,3 +372,15 @@ def test_request_log_carries_no_patient_identifiers(client, caplog) -> None:  # 
         text = str(getattr(record, "fields", {})) + record.getMessage()
         assert "9912003888" not in text and pid not in text
     assert {getattr(r, "fields", {}).get("route") for r in records} >= {"/fhir/{type}", "/fhir/{type}/{id}"}
+
+
+def test_summary_true_keeps_the_elements_r4_marks_is_summary(client) -> None:  # noqa: ANN001
+    created = post(client, "Patient", patient(photo=[{"contentType": "image/png", "data": "AA=="}],
+                                              communication=[{"language": {"text": "English"}}])).json()
+    summary = client.get(f"/fhir/Patient/{created['id']}?_summary=true").json()
+    assert {"resourceType", "id", "meta", "identifier", "name", "gender", "birthDate"} <= set(summary)
+    assert "photo" not in summary and "communication" not in summary  # not isSummary in R4
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+            "code": "SUBSETTED"} in summary["meta"]["tag"]
+    found = client.get(f"/fhir/Patient?_id={created['id']}&_summary=true").json()["entry"][0]["resource"]
+    assert "photo" not in found and found["name"] == created["name"]
