@@ -57,6 +57,7 @@ from engine.db.database import Database
 from engine.db.repository import HistoryPage, Stored
 from engine.db.schema import resources
 from engine.outcomes import FhirError
+from engine.search.normalise import naive_utc
 from engine.search.params import SearchError, SearchRequest, parse_search
 from engine.search.query import SearchPage, criteria_clause, match_flags, search
 
@@ -164,7 +165,7 @@ class AccessGate:
         for row in rows:
             by_type[row.res_type].append(row)
         viewer = None if who.is_system else await self.viewer(conn, who)
-        params = self.sql.params(viewer, _naive(now)) if viewer else {}
+        params = self.sql.params(viewer, naive_utc(now)) if viewer else {}
         allowed: set[int] = set()
         to_judge: list[tuple[StoredRow, str]] = []
         for res_type, typed in by_type.items():
@@ -229,11 +230,12 @@ class AccessGate:
                 return await self._released_or_missing(conn, who, stored, res_type, res_id)
             # The common case in one round trip: the row with the SQL rules' verdict on it.
             viewer = await self.viewer(conn, who)
-            values = {**self.sql.params(viewer, _naive(self.clock())), "res_type": res_type, "res_id": res_id}
+            values = {**self.sql.params(viewer, naive_utc(self.clock())), "res_type": res_type, "res_id": res_id}
             row = (await conn.execute(self.sql.read(viewer), values)).first()
             if row is None:
                 raise outcomes.not_found(res_type, res_id)
-            stored, visible_to_sql, holds_consent = repository.stored_row(row[:-2]), row[-2], row[-1]
+            *columns, patient_id, visible_to_sql, holds_consent = row
+            stored = replace(repository.stored_row(columns), patient_id=patient_id)
             if visible_to_sql and not holds_consent and not stored.deleted:
                 return stored
             return await self._released_or_missing(conn, who, stored, res_type, res_id)
@@ -296,7 +298,7 @@ class AccessGate:
         scope = scope_clause(who, SEARCH, request.resource_type)
         rules = self.sql.visible(viewer)
         restriction = rules if scope is None else and_(scope, rules)
-        params = self.sql.params(viewer, _naive(now))
+        params = self.sql.params(viewer, naive_utc(now))
         label_hidden = False
         if pinned:
             # The patient's record holds labelled data of this type the viewer may not see.
@@ -470,8 +472,7 @@ class AccessGate:
                 await append(conn, [break_glass_alert(access)])
 
     async def _grant_active(self, conn: AsyncConnection, user_id: str, patient_id: str, now: datetime) -> bool:
-        contexts = await load_contexts(conn, [patient_id], user_id=user_id, orgs=frozenset(), now=_naive(now),
-                                       policy=self.policy)
+        contexts = await load_contexts(conn, [patient_id], user_id=user_id, orgs=frozenset(), now=naive_utc(now))
         return contexts[patient_id].break_glass
 
     async def _maybe_break_glass_for(self, who: Principal, res_type: str, res_id: str) -> None:
@@ -517,7 +518,7 @@ class AccessGate:
                      rows: Sequence[tuple[StoredRow, str]], now: datetime) -> set[int]:
         """The pks of `rows` (each with its patient) that `consent.decide` does not permit."""
         contexts = await load_contexts(conn, {patient for _, patient in rows}, user_id=who.user_id,
-                                       orgs=viewer.orgs, now=_naive(now), policy=self.policy)
+                                       orgs=viewer.orgs, now=naive_utc(now))
         return {row.pk for row, patient in rows
                 if self._decide(who, viewer.orgs, interaction, row, patient, contexts[patient], now).effect
                 != "permit"}
@@ -535,7 +536,7 @@ class AccessGate:
                              patient_id: str, now: datetime) -> PatientContext:
         """Refuse a request about one patient when there is no relationship and no break-glass."""
         context = (await load_contexts(conn, [patient_id], user_id=who.user_id, orgs=viewer.orgs,
-                                       now=_naive(now), policy=self.policy,
+                                       now=naive_utc(now),
                                        hidden_for=(self.sql, who.org or "")))[patient_id]
         request = AccessRequest(self.requester(who, viewer.orgs, break_glass=context.break_glass),
                                 _INTERACTION_NAMES[READ])
@@ -565,7 +566,7 @@ class AccessGate:
         context = PatientContext()
         if patient_id:
             context = (await load_contexts(conn, [patient_id], user_id=who.user_id, orgs=viewer.orgs,
-                                           now=_naive(now), policy=self.policy))[patient_id]
+                                           now=naive_utc(now)))[patient_id]
         decision = self._decide(who, viewer.orgs, CREATE if writing else READ, stored, patient_id, context, now)
         if decision.effect == "deny" or (writing and decision.effect == "withhold"):
             return replace(_deny(decision), patient_id=patient_id)
@@ -637,10 +638,6 @@ def _patient_of(row: Stored) -> str | None:
 def _error_code(error: FhirError) -> str:
     issue = error.issues[0] if error.issues else None
     return (issue.details_code or issue.code) if issue else "error"
-
-
-def _naive(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _all_types() -> list[str]:

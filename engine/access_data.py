@@ -54,6 +54,7 @@ from consent.vocabulary import (
 from engine.db import repository
 from engine.db.access_schema import break_glass_grants
 from engine.db.schema import care_relationships, idx_token, resources
+from engine.search.normalise import naive_utc
 
 log = logging.getLogger("sharedcare.access")
 ORG_KEY_SECONDS = 60.0
@@ -141,7 +142,8 @@ class PolicySql:
         self.reachable = or_(patient.in_(self._granted()), patient.in_(self._related()))
         self._visible = {needs: self._visible_clause(needs) for needs in (True, False)}
         self._label_hidden = {needs: self._label_hidden_clause(needs) for needs in (True, False)}
-        self._read = {needs: select(*repository.READ_COLUMNS, self._visible[needs].label("visible"),
+        self._read = {needs: select(*repository.READ_COLUMNS, resources.c.patient_id,
+                                    self._visible[needs].label("visible"),
                                     self.holds_consent.label("holds_consent"))
                       .where(resources.c.res_type == bindparam("res_type"), resources.c.res_id == bindparam("res_id"))
                       for needs in (True, False)}
@@ -173,8 +175,8 @@ class PolicySql:
         return self._label_hidden[viewer.needs_relationship]
 
     def read(self, viewer: Viewer) -> Select:
-        """The current version of :res_type/:res_id (repository's columns), whether the SQL rules let the
-        viewer see it, and whether its patient holds a Consent."""
+        """The current version of :res_type/:res_id (repository's columns), its patient, whether the SQL
+        rules let the viewer see it, and whether its patient holds a Consent."""
         return self._read[viewer.needs_relationship]
 
     def permitted(self, viewer: Viewer) -> Select:
@@ -252,7 +254,7 @@ _CONTEXTS = _contexts_statement()
 
 async def load_contexts(
     conn: AsyncConnection, patient_ids: Iterable[str], *, user_id: str, orgs: frozenset[str], now: datetime,
-    policy: Policy, hidden_for: tuple[PolicySql, str] | None = None,
+    hidden_for: tuple[PolicySql, str] | None = None,
 ) -> dict[str, PatientContext]:
     """Consents, live relationships and break-glass state of each patient, in one round trip.
 
@@ -260,7 +262,6 @@ async def load_contexts(
     With `hidden_for` (the policy's SQL and the viewer's ODS code) also the types of each record that
     carry a restricting label that organisation does not own.
     """
-    del policy
     wanted = sorted(set(patient_ids))
     if not wanted:
         return {}
@@ -327,11 +328,7 @@ async def grant_break_glass(
     expires = now + time_box
     await conn.execute(insert(break_glass_grants).values(
         user_id=user_id, patient_id=patient_id, org=org, role=role, reason=reason,
-        started=_naive(now), expires=_naive(expires)))
+        started=naive_utc(now), expires=naive_utc(expires)))
     return expires
 
 
-def _naive(moment: datetime) -> datetime:
-    from datetime import UTC
-
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment

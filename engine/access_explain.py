@@ -25,6 +25,7 @@ from engine.audit.events import record_for
 from engine.auth import Principal
 from engine.db import repository
 from engine.db.repository import Stored
+from engine.search.normalise import naive_utc
 
 MAX_EXPLAINED = 5000
 
@@ -54,7 +55,7 @@ async def explain_access(gate: AccessGate, who: Principal, patient_id: str, subj
                                                     after_pk=None, snapshot_pk=None)
         orgs = await gate.org_keys.keys(conn, subject.org)
         context = (await load_contexts(conn, [patient_id], user_id=subject.user_id, orgs=orgs,
-                                       now=now.replace(tzinfo=None), policy=gate.policy))[patient_id]
+                                       now=naive_utc(now)))[patient_id]
     glass = subject.break_glass or context.break_glass
     request = AccessRequest(Requester(subject.user_id, subject.role, orgs, BREAK_GLASS if glass else TREATMENT,
                                       glass), "read")

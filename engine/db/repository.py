@@ -38,6 +38,8 @@ class Stored:
     deleted: bool
     content: str | None
     method: str = "PUT"
+    # The Patient whose compartment it is in, when the query that read it asked (the access gate does).
+    patient_id: str | None = None
 
     @property
     def etag(self) -> str:
@@ -164,6 +166,7 @@ async def create(
     res_type = resource["resourceType"]
     res_id = res_id or new_id()
     document = stamp(resource, res_id, 1, now)
+    patient_id = patient_compartment(document)
     pk = (
         await conn.execute(
             insert(resources)
@@ -173,7 +176,7 @@ async def create(
                 version_id=1,
                 last_updated=now,
                 deleted=False,
-                patient_id=patient_compartment(document),
+                patient_id=patient_id,
                 content=document,
             )
             .returning(resources.c.pk)
@@ -181,7 +184,7 @@ async def create(
     ).scalar_one()
     await _append_version(conn, pk, document, 1, now, "POST")
     await _write_index(conn, pk, res_type, document, replace=False)
-    return Stored(pk, res_type, res_id, 1, now, False, orjson.dumps(document).decode(), "POST")
+    return Stored(pk, res_type, res_id, 1, now, False, orjson.dumps(document).decode(), "POST", patient_id)
 
 
 async def update(
@@ -210,6 +213,7 @@ async def update(
     version_id = current.version_id + 1
     now = max(now, current.last_updated)
     document = stamp(resource, res_id, version_id, now)
+    patient_id = patient_compartment(document)
     await conn.execute(
         sql_update(resources)
         .where(resources.c.pk == current.pk)
@@ -217,13 +221,15 @@ async def update(
             version_id=version_id,
             last_updated=now,
             deleted=False,
-            patient_id=patient_compartment(document),
+            patient_id=patient_id,
             content=document,
         )
     )
     await _append_version(conn, current.pk, document, version_id, now, "PUT")
     await _write_index(conn, current.pk, res_type, document, replace=True)
-    return Stored(current.pk, res_type, res_id, version_id, now, False, orjson.dumps(document).decode()), False
+    stored = Stored(current.pk, res_type, res_id, version_id, now, False, orjson.dumps(document).decode(),
+                    patient_id=patient_id)
+    return stored, False
 
 
 async def delete_resource(conn: AsyncConnection, res_type: str, res_id: str, *, now: datetime) -> Stored | None:

@@ -17,11 +17,12 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TextIO
 
 from engine.db.ingest_schema import ERROR, FAILED_STATUSES, REJECTED
 from engine.ingest.replay import ReplayResult, ReplaySelection
+from engine.search.normalise import naive_utc
 
 
 def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -52,9 +53,7 @@ def _timestamp(value: str) -> datetime:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {value!r}") from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
+    return naive_utc(moment)
 
 
 def selection_from(args: argparse.Namespace) -> ReplaySelection:

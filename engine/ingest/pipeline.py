@@ -27,7 +27,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -47,6 +47,7 @@ from engine.db.repository import utc_now
 from engine.ingest import apply, identity, store
 from engine.ingest.senders import accept_unknown_senders, load_senders
 from engine.ingest.store import MessageRecord, StoredMessage
+from engine.search.normalise import naive_utc
 from engine.transfers.discharge import after_ingest
 from mappings.result import (
     APPLICATION_INTERNAL_ERROR,
@@ -116,13 +117,6 @@ class IngestUnavailable(Exception):
     The MLLP server should close the connection without answering, so that the sender re-sends
     later; nothing was stored and nothing was acknowledged.
     """
-
-
-def naive_utc(moment: datetime) -> datetime:
-    """Naive UTC, as the store keeps times (engine/db/schema.py)."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
 
 
 async def ingest_message(ctx: IngestContext, raw: bytes | str, *, transport: str,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from consent.relationships import relationships_from
@@ -23,6 +23,7 @@ from engine.search.fhirpath import Item
 from engine.search.normalise import (
     MAX_STRING,
     MAX_URL,
+    naive_utc,
     normalise_string,
     parse_fhir_date_range,
     parse_reference,
@@ -371,14 +372,10 @@ def relationship_rows(resource: Mapping[str, Any]) -> list[Row]:
     """Care relationships `resource` establishes (`consent.relationships`), as rows of
     care_relationships {param (the kind), patient_id, org, low, high} in naive UTC."""
     patient = patient_compartment(resource)
-    return [{"param": r.kind, "patient_id": r.patient_id, "org": r.org, "low": _naive_utc(r.start),
-             "high": _naive_utc(r.end)} for r in relationships_from(resource, patient) if r.patient_id]
+    return [{"param": r.kind, "patient_id": r.patient_id, "org": r.org, "low": r.start and naive_utc(r.start),
+             "high": r.end and naive_utc(r.end)} for r in relationships_from(resource, patient) if r.patient_id]
 
 
-def _naive_utc(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def patient_compartment(resource: Mapping[str, Any], local_bases: Collection[str] = ()) -> str | None:

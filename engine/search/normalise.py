@@ -16,7 +16,7 @@ from __future__ import annotations
 import calendar
 import re
 import unicodedata
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -181,3 +181,10 @@ def reference_type(reference: object) -> str | None:
     if type(declared) is str and declared:
         return declared.rsplit("/", 1)[-1]
     return None
+
+
+def naive_utc(moment: datetime) -> datetime:
+    """Naive UTC, as the store keeps times (engine/db/schema.py); a naive value is taken as UTC."""
+    if moment.tzinfo is not None:
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
