@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.access.test_access_http import FHIR, REASON, as_user, obs, record  # noqa: F401 - fixtures
+from tests.access.test_access_http import FHIR, REASON, obs
 
 IG = {"role": "R8012", "org": "RR8", "user": "ig-officer"}
 
 
-def audit_events(client, ig, **params: str) -> list[dict[str, Any]]:  # noqa: ANN001
+def audit_events(client, ig, **params: str) -> list[dict[str, Any]]:
     bundle = client.get("/fhir/AuditEvent", params={"_count": "200", **params}, headers=ig)
     assert bundle.status_code == 200, bundle.text
     return [e["resource"] for e in bundle.json().get("entry", [])]
@@ -20,7 +20,7 @@ def subtypes(events: list[dict[str, Any]]) -> list[str]:
     return [s["code"] for e in events for s in e.get("subtype", [])]
 
 
-def test_reads_searches_and_refusals_are_audited(record, as_user) -> None:  # noqa: ANN001, F811
+def test_reads_searches_and_refusals_are_audited(record, as_user) -> None:
     rr8 = as_user("RR8", user="dr-rr8")
     assert record.get("/fhir/Observation/obs-alice-hr", headers=rr8).status_code == 200
     assert record.get("/fhir/Observation?patient=alice", headers=rr8).status_code == 200
@@ -33,7 +33,7 @@ def test_reads_searches_and_refusals_are_audited(record, as_user) -> None:  # no
     assert {"Patient/alice", "Patient/bob", "Observation/obs-alice-hr"} <= patients
 
 
-def test_a_write_commits_its_audit_with_its_data(record, as_user) -> None:  # noqa: ANN001, F811
+def test_a_write_commits_its_audit_with_its_data(record, as_user) -> None:
     rr8 = {**as_user("RR8", user="dr-writer"), "Content-Type": FHIR}
     assert record.post("/fhir/Observation", json=obs("x", "alice", "RR8", "8310-5"), headers=rr8).status_code == 201
     assert record.post("/fhir/Observation", json=obs("x", "bob", "RR8", "8310-5"), headers=rr8).status_code == 403
@@ -41,7 +41,7 @@ def test_a_write_commits_its_audit_with_its_data(record, as_user) -> None:  # no
     assert sorted((s, e["outcome"]) for e in events for s in subtypes([e])) == [("create", "0"), ("create", "4")]
 
 
-def test_break_glass_raises_an_alert_for_review(record, as_user) -> None:  # noqa: ANN001, F811
+def test_break_glass_raises_an_alert_for_review(record, as_user) -> None:
     glass = as_user("RR8", user="ed-doctor", **{"X-Break-Glass-Reason": REASON})
     assert record.get("/fhir/Observation/obs-bob-hr", headers=glass).status_code == 200
     assert record.get("/fhir/Observation/obs-bob-hr", headers=glass).status_code == 200  # one grant, one alert
@@ -53,7 +53,7 @@ def test_break_glass_raises_an_alert_for_review(record, as_user) -> None:  # noq
     assert btg and all(e["agent"][0]["purposeOfUse"][0]["coding"][0]["code"] == "BTG" for e in btg)
 
 
-def test_the_patient_sees_who_looked_at_their_record(record, as_user, make_token) -> None:  # noqa: ANN001, F811
+def test_the_patient_sees_who_looked_at_their_record(record, as_user, make_token) -> None:
     record.get("/fhir/Observation/obs-alice-hr", headers=as_user("RR8", user="dr-rr8"))
     alice = {"Authorization": "Bearer " + make_token("patient/*.rs", role="", org="", patient="alice",
                                                      fhirUser="Patient/alice")}
@@ -63,7 +63,7 @@ def test_the_patient_sees_who_looked_at_their_record(record, as_user, make_token
     assert record.get("/fhir/Patient/bob/$access-log", headers=alice).status_code == 403
 
 
-def test_ig_officers_can_ask_why(record, as_user) -> None:  # noqa: ANN001, F811
+def test_ig_officers_can_ask_why(record, as_user) -> None:
     answer = record.get("/fhir/Patient/alice/$access-explain", params={"role": "R8000", "org": "RR8"},
                         headers=as_user(**IG))
     assert answer.status_code == 200, answer.text
@@ -79,7 +79,7 @@ def test_ig_officers_can_ask_why(record, as_user) -> None:  # noqa: ANN001, F811
     assert clinician.status_code == 403
 
 
-def test_the_chain_verifies_after_traffic(record, as_user, database_url) -> None:  # noqa: ANN001, F811
+def test_the_chain_verifies_after_traffic(record, as_user, database_url) -> None:
     import asyncio
 
     from engine.audit.log import verify_database
@@ -98,7 +98,7 @@ def test_the_chain_verifies_after_traffic(record, as_user, database_url) -> None
     assert asyncio.run(check())
 
 
-def test_the_command_line_explains_too(record, database_url, monkeypatch, capsys) -> None:  # noqa: ANN001, F811
+def test_the_command_line_explains_too(record, database_url, monkeypatch, capsys) -> None:
     from engine.cli import main
 
     monkeypatch.setenv("SHAREDCARE_DATABASE_URL", database_url)

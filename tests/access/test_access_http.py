@@ -64,23 +64,6 @@ RECORD = [
 ]
 
 
-@pytest.fixture
-def record(client) -> Any:  # noqa: ANN001
-    for document in RECORD:
-        response = client.put(f"/fhir/{document['resourceType']}/{document['id']}", json=document,
-                              headers={"Content-Type": FHIR})
-        assert response.status_code in {200, 201}, response.text
-    return client
-
-
-@pytest.fixture
-def as_user(make_token):  # noqa: ANN001, ANN201
-    def headers(org: str = "RR8", role: str = "R8000", user: str | None = None, **extra: str) -> dict[str, str]:
-        token = make_token("user/*.cruds", role=role, org=org, user=user or f"{org}-{role}")
-        return {"Authorization": f"Bearer {token}", **extra}
-    return headers
-
-
 def ids(bundle: dict[str, Any], mode: str = "match") -> set[str]:
     return {e["resource"]["id"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == mode}
 
@@ -89,14 +72,14 @@ def withheld(bundle: dict[str, Any]) -> bool:
     return any(e.get("search", {}).get("mode") == "outcome" for e in bundle.get("entry", []))
 
 
-def details(response) -> str:  # noqa: ANN001
+def details(response) -> str:
     return response.json()["issue"][0]["details"]["coding"][0]["code"]
 
 
 # -- relationships ---------------------------------------------------------------------------------
 
 
-def test_a_relationship_opens_the_record_and_its_absence_is_a_403(record, as_user) -> None:  # noqa: ANN001
+def test_a_relationship_opens_the_record_and_its_absence_is_a_403(record, as_user) -> None:
     rr8 = as_user("RR8")
     assert record.get("/fhir/Observation/obs-alice-hr", headers=rr8).status_code == 200
     assert record.get("/fhir/Observation/obs-alice-gp-bp", headers=rr8).status_code == 200
@@ -107,32 +90,32 @@ def test_a_relationship_opens_the_record_and_its_absence_is_a_403(record, as_use
     assert record.get("/fhir/Patient/bob/$everything", headers=rr8).status_code == 403
 
 
-def test_the_registered_gp_practice_has_a_relationship(record, as_user) -> None:  # noqa: ANN001
+def test_the_registered_gp_practice_has_a_relationship(record, as_user) -> None:
     gp = as_user("B86001")
     assert record.get("/fhir/Observation/obs-bob-hr", headers=gp).status_code == 200
     assert record.get("/fhir/Patient/bob", headers=gp).status_code == 200
 
 
-def test_a_search_across_patients_shows_only_related_patients(record, as_user) -> None:  # noqa: ANN001
+def test_a_search_across_patients_shows_only_related_patients(record, as_user) -> None:
     bundle = record.get("/fhir/Observation?code=8867-4", headers=as_user("RR8")).json()
     assert ids(bundle) == {"obs-alice-hr"}
     assert bundle["total"] == 1
 
 
-def test_directory_data_needs_no_relationship(record, as_user) -> None:  # noqa: ANN001
+def test_directory_data_needs_no_relationship(record, as_user) -> None:
     assert record.get("/fhir/Organization/org-gp", headers=as_user("X26")).status_code == 200
 
 
 # -- sensitive labels --------------------------------------------------------------------------------
 
 
-def test_labelled_data_is_visible_to_its_owner_only(record, as_user) -> None:  # noqa: ANN001
+def test_labelled_data_is_visible_to_its_owner_only(record, as_user) -> None:
     assert record.get("/fhir/Observation/obs-alice-psy", headers=as_user("RGD")).status_code == 200
     hidden = record.get("/fhir/Observation/obs-alice-psy", headers=as_user("RR8"))
     assert hidden.status_code == 404  # withheld reads answer 404 by default (policy)
 
 
-def test_a_search_says_data_was_withheld_without_counting_it(record, as_user) -> None:  # noqa: ANN001
+def test_a_search_says_data_was_withheld_without_counting_it(record, as_user) -> None:
     bundle = record.get("/fhir/Observation?patient=alice", headers=as_user("RR8")).json()
     assert ids(bundle) == {"obs-alice-hr", "obs-alice-gp-bp"}
     assert bundle["total"] == 2
@@ -143,7 +126,7 @@ def test_a_search_says_data_was_withheld_without_counting_it(record, as_user) ->
     assert ids(owner) == {"obs-alice-hr", "obs-alice-gp-bp", "obs-alice-psy"} and not withheld(owner)
 
 
-def test_everything_and_history_hide_labelled_data_too(record, as_user) -> None:  # noqa: ANN001
+def test_everything_and_history_hide_labelled_data_too(record, as_user) -> None:
     everything = record.get("/fhir/Patient/alice/$everything", headers=as_user("RR8")).json()
     assert "obs-alice-psy" not in {e["resource"]["id"] for e in everything.get("entry", [])}
     assert "obs-alice-hr" in {e["resource"]["id"] for e in everything.get("entry", [])}
@@ -152,7 +135,7 @@ def test_everything_and_history_hide_labelled_data_too(record, as_user) -> None:
     assert record.get("/fhir/Observation/obs-alice-psy/_history/1", headers=as_user("RR8")).status_code == 404
 
 
-def test_includes_are_released_one_by_one(record, as_user) -> None:  # noqa: ANN001
+def test_includes_are_released_one_by_one(record, as_user) -> None:
     bundle = record.get("/fhir/Patient?_id=alice&_revinclude=Observation:subject", headers=as_user("RR8")).json()
     assert ids(bundle, "include") == {"obs-alice-hr", "obs-alice-gp-bp"}
 
@@ -160,7 +143,7 @@ def test_includes_are_released_one_by_one(record, as_user) -> None:  # noqa: ANN
 # -- roles ------------------------------------------------------------------------------------------
 
 
-def test_roles_decide_which_types_are_open(record, as_user) -> None:  # noqa: ANN001
+def test_roles_decide_which_types_are_open(record, as_user) -> None:
     receptionist = as_user("RR8", "R8009")
     assert record.get("/fhir/Patient/alice", headers=receptionist).status_code == 200
     assert record.get("/fhir/Encounter/enc-alice-rr8", headers=receptionist).status_code == 200
@@ -185,7 +168,7 @@ def objection(patient: str) -> dict[str, Any]:
             "provision": {"type": "deny"}}
 
 
-def test_an_objection_keeps_data_within_the_organisation_that_holds_it(record, make_token, as_user) -> None:  # noqa: ANN001
+def test_an_objection_keeps_data_within_the_organisation_that_holds_it(record, make_token, as_user) -> None:
     alice = {"Authorization": "Bearer " + make_token("patient/*.rs patient/Consent.cu", role="", org="",
                                                      patient="alice", fhirUser="Patient/alice")}
     created = record.post("/fhir/Consent", json=objection("alice"), headers={**alice, "Content-Type": FHIR})
@@ -208,7 +191,7 @@ def test_an_objection_keeps_data_within_the_organisation_that_holds_it(record, m
     assert record.get("/fhir/Observation/obs-alice-gp-bp", headers=rr8).status_code == 200
 
 
-def test_patients_see_their_own_record_including_sensitive_data(record, make_token) -> None:  # noqa: ANN001
+def test_patients_see_their_own_record_including_sensitive_data(record, make_token) -> None:
     alice = {"Authorization": "Bearer " + make_token("patient/*.rs", role="", org="", patient="alice",
                                                      fhirUser="Patient/alice")}
     assert record.get("/fhir/Observation/obs-alice-psy", headers=alice).status_code == 200
@@ -220,7 +203,7 @@ def test_patients_see_their_own_record_including_sensitive_data(record, make_tok
 # -- break-glass -------------------------------------------------------------------------------------
 
 
-def test_break_glass_opens_a_record_for_a_time_box(record, as_user) -> None:  # noqa: ANN001
+def test_break_glass_opens_a_record_for_a_time_box(record, as_user) -> None:
     glass = as_user("RR8", user="ed-doctor", **{"X-Break-Glass-Reason": REASON})
     assert record.get("/fhir/Observation/obs-bob-hr", headers=glass).status_code == 200
     # The grant holds for this user and patient without repeating the header…
@@ -232,7 +215,7 @@ def test_break_glass_opens_a_record_for_a_time_box(record, as_user) -> None:  # 
 
 
 @pytest.mark.parametrize("reason", ["", "test", "n/a", "x" * 3])
-def test_a_trivial_break_glass_reason_is_refused(record, as_user, reason: str) -> None:  # noqa: ANN001
+def test_a_trivial_break_glass_reason_is_refused(record, as_user, reason: str) -> None:
     response = record.get("/fhir/Observation/obs-bob-hr", headers=as_user("RR8", **{"X-Break-Glass-Reason": reason}))
     assert response.status_code == 400 and details(response) == "break-glass-reason"
 
@@ -240,7 +223,7 @@ def test_a_trivial_break_glass_reason_is_refused(record, as_user, reason: str) -
 # -- writes ------------------------------------------------------------------------------------------
 
 
-def test_writing_needs_a_relationship_and_tags_the_writer_as_owner(record, as_user) -> None:  # noqa: ANN001
+def test_writing_needs_a_relationship_and_tags_the_writer_as_owner(record, as_user) -> None:
     rr8 = {**as_user("RR8"), "Content-Type": FHIR}
     refused = record.post("/fhir/Observation", json=obs("x", "bob", "RR8", "8867-4"), headers=rr8)
     assert refused.status_code == 403
@@ -253,7 +236,7 @@ def test_writing_needs_a_relationship_and_tags_the_writer_as_owner(record, as_us
 # -- national data opt-out -------------------------------------------------------------------------------
 
 
-def test_the_national_opt_out_applies_to_exports_not_to_direct_care(record, as_user) -> None:  # noqa: ANN001
+def test_the_national_opt_out_applies_to_exports_not_to_direct_care(record, as_user) -> None:
     opt_out = {"resourceType": "Consent", "id": "opt-out-alice", "status": "active",
                "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
                                      "code": "research"}]},
@@ -280,7 +263,7 @@ def orjson_id(line: str) -> str:
     return json.loads(line)["id"]
 
 
-def test_care_team_membership_is_a_relationship(record, as_user) -> None:  # noqa: ANN001
+def test_care_team_membership_is_a_relationship(record, as_user) -> None:
     assert record.get("/fhir/Observation/obs-bob-hr", headers=as_user("RR8")).status_code == 403
     team = {"resourceType": "CareTeam", "id": "team-bob", "status": "active",
             "subject": {"reference": "Patient/bob"}, "period": {"start": "2026-01-01T00:00:00Z"},
@@ -289,7 +272,7 @@ def test_care_team_membership_is_a_relationship(record, as_user) -> None:  # noq
     assert record.get("/fhir/Observation/obs-bob-hr", headers=as_user("RR8")).status_code == 200
 
 
-def test_a_privacy_consent_that_cannot_be_applied_fails_closed(record, as_user) -> None:  # noqa: ANN001
+def test_a_privacy_consent_that_cannot_be_applied_fails_closed(record, as_user) -> None:
     unclear = {**objection("alice"), "id": "unclear"}
     del unclear["policyRule"]
     unclear["provision"] = {"period": {"start": "2026-01-01"}}  # no type, no policy rule: deny or permit?

@@ -107,7 +107,7 @@ def _returned(bundle: dict[str, Any]) -> set[str]:
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(world=worlds(), org=st.sampled_from(ORGS), role=st.sampled_from(["R8000", "R8009"]))
 def test_every_endpoint_returns_a_subset_of_what_decide_permits(client, make_token, database_url, world, org,
-                                                                role) -> None:  # noqa: ANN001
+                                                                role) -> None:
     truncate_all(database_url)
     for document in world:
         response = client.put(f"/fhir/{document['resourceType']}/{document['id']}", json=document,
