@@ -224,7 +224,7 @@ class AccessGate:
     async def _read(self, who: Principal, res_type: str, res_id: str) -> Stored:
         self.authorise(who, READ, res_type)
         await self._maybe_break_glass_for(who, res_type, res_id)
-        async with self.db.read() as conn:
+        async with self.db.direct() as conn:
             if who.is_system or scope_clause(who, READ, res_type) is not None:
                 stored = await repository.read(conn, res_type, res_id)
                 return await self._released_or_missing(conn, who, stored, res_type, res_id)
@@ -243,7 +243,7 @@ class AccessGate:
     async def _vread(self, who: Principal, res_type: str, res_id: str, version_id: int) -> Stored:
         self.authorise(who, READ, res_type)
         await self._maybe_break_glass_for(who, res_type, res_id)
-        async with self.db.read() as conn:
+        async with self.db.direct() as conn:
             current = await repository.read(conn, res_type, res_id)
             stored = await repository.read_version(conn, res_type, res_id, version_id) if current else None
             if current is None or stored is None:
@@ -282,7 +282,7 @@ class AccessGate:
             await self.break_glass(who, pinned)
         if conn is not None:
             return await self._search(conn, who, request, pinned)
-        async with self.db.read() as own:
+        async with self.db.direct() as own:
             return await self._search(own, who, request, pinned)
 
     async def _search(self, conn: AsyncConnection, who: Principal, request: SearchRequest,
@@ -328,7 +328,7 @@ class AccessGate:
         for checked in [res_type] if res_type else _all_types():
             if res_type or self._role_allows(who, READ, checked):
                 self.authorise(who, READ, checked)
-        async with self.db.read() as conn:
+        async with self.db.direct() as conn:
             if res_type and res_id:
                 current = await repository.read(conn, res_type, res_id)
                 if current is None:
@@ -362,7 +362,7 @@ class AccessGate:
             self.authorise(who, READ, res_type)
         if who.break_glass_reason:
             await self.break_glass(who, patient_id)
-        async with self.db.read() as conn:
+        async with self.db.direct() as conn:
             patient = await repository.read(conn, "Patient", patient_id)
             await self._released_or_missing(conn, who, patient, "Patient", patient_id)
             snapshot = snapshot_pk if snapshot_pk is not None else await repository.max_pk(conn)
@@ -478,7 +478,7 @@ class AccessGate:
     async def _maybe_break_glass_for(self, who: Principal, res_type: str, res_id: str) -> None:
         if who.is_system or not who.break_glass_reason:
             return
-        async with self.db.read() as conn:
+        async with self.db.direct() as conn:
             stored = await repository.read(conn, res_type, res_id)
             patients = await patients_of(conn, [stored.pk]) if stored else {}
         patient_id = patients.get(stored.pk, (None, False))[0] if stored else None

@@ -9,11 +9,11 @@ anything unexpected, which is logged with its request id and answered 500 withou
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import FastAPI, Path, Request
@@ -27,6 +27,7 @@ from consent.vocabulary import BREAK_GLASS
 from engine import outcomes
 from engine.access import AccessGate
 from engine.api import document_routes, ig_routes, transfer_routes
+from engine.api.fast_lane import FhirFastLane
 from engine.audit.log import AuditWriter
 from engine.auth import (
     AuthError,
@@ -117,6 +118,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     for routes in (ig_routes, document_routes, transfer_routes):
         routes.install(app, _handle, _state)  # before the generic /fhir/{type}/{id} routes
     _install_routes(app)
+    # GET read and search answered without the router (the same handlers; engine/api/fast_lane.py).
+    app.add_middleware(FhirFastLane, state=lambda: app.state.sharedcare, authenticate=authenticate,
+                       routes=lambda: [r.path for r in app.routes if "GET" in getattr(r, "methods", ())])
     app.add_middleware(ObservabilityMiddleware)
     return app
 
@@ -131,14 +135,7 @@ async def _handle(request: Request, call: Callable[[FhirRequest], Awaitable[Fhir
     query = list(request.query_params.multi_items())
     try:
         negotiation.check_format(request.query_params.get("_format"), request.headers.get("accept"))
-        try:
-            principal = await state.verifier.averify(request.headers.get("authorization"))
-        except AuthError as exc:
-            if exc.status == 401:
-                raise outcomes.unauthorized(exc.code, exc.description, exc.www_authenticate) from None
-            raise outcomes.error(exc.status, exc.fhir_issue_type, exc.description, details_code=exc.code) from None
-        request.scope["state"]["user_id"] = principal.user_id
-        principal = with_break_glass(principal, request.headers.get("x-break-glass-reason"), state.gate)
+        principal = await authenticate(state, request.headers, request.scope)
         body = b""
         if request.method in {"POST", "PUT", "PATCH"}:
             body = await _read_body(request, state.settings.max_body_bytes)
@@ -147,6 +144,19 @@ async def _handle(request: Request, call: Callable[[FhirRequest], Awaitable[Fhir
         return result if isinstance(result, Response) else render(result)
     except FhirError as error:
         return error_response(error)
+
+
+async def authenticate(state: State, headers: Mapping[str, str], scope: MutableMapping[str, Any]) -> Principal:
+    """The request's principal from its bearer token and X-Break-Glass-Reason (`headers` keys in lower
+    case); the user id goes into the ASGI scope's state for the request log. Raises FhirError."""
+    try:
+        principal = await state.verifier.averify(headers.get("authorization"))
+    except AuthError as exc:
+        if exc.status == 401:
+            raise outcomes.unauthorized(exc.code, exc.description, exc.www_authenticate) from None
+        raise outcomes.error(exc.status, exc.fhir_issue_type, exc.description, details_code=exc.code) from None
+    scope.setdefault("state", {})["user_id"] = principal.user_id
+    return with_break_glass(principal, headers.get("x-break-glass-reason"), state.gate)
 
 
 def with_break_glass(principal: Principal, reason: str | None, gate: AccessGate) -> Principal:

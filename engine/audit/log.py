@@ -200,7 +200,7 @@ class AuditWriter:
     async def _commit(self, batch: list[_Waiter]) -> None:
         records = [r for waiter in batch for r in waiter.records]
         try:
-            async with self.db.write() as conn:
+            async with self.db.direct(transaction=True) as conn:
                 seqs = await append(conn, records)
         except Exception as exc:  # every waiter gets the failure; the writer carries on
             log.error("audit commit failed", exc_info=exc, extra={"fields": {"records": len(records)}})

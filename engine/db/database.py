@@ -8,10 +8,12 @@ On PostgreSQL the same guarantees come from advisory and row locks taken by the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from sqlalchemy import event
@@ -19,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from engine.config import normalise_database_url
+from engine.db.direct import DirectConnection, StatementCache
 
 
 def _json_serializer(value: object) -> str:
@@ -53,6 +56,11 @@ class Database:
     writer: AsyncEngine
     dialect: str
     reader: AsyncEngine | None = None
+    pool_size: int = 10
+    # PostgreSQL: psycopg connections for `direct()`, opened on first use (engine.db.direct).
+    _direct_pool: Any = field(default=None, init=False, repr=False)
+    _direct_lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
+    _statements: StatementCache | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.reader is None:
@@ -70,11 +78,50 @@ class Database:
         async with self.writer.begin() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def direct(self, *, transaction: bool = False) -> AsyncIterator[AsyncConnection | DirectConnection]:
+        """A connection for the hot paths' prebuilt statements (engine.db.direct).
+
+        PostgreSQL: a psycopg connection that runs them without SQLAlchemy's execution layer, in
+        autocommit, or inside one transaction with `transaction=True`. SQLite: the same as `read()`
+        (or `write()`), since its execution cost is dominated by SQLite itself.
+        """
+        if not self.is_postgres:
+            async with (self.write() if transaction else self.read()) as conn:
+                yield conn
+            return
+        pool = self._direct_pool or await self._open_direct_pool()
+        async with pool.connection() as raw:
+            conn = DirectConnection(raw, self._statements)
+            if transaction:
+                async with raw.transaction():
+                    yield conn
+            else:
+                yield conn
+
+    async def _open_direct_pool(self) -> Any:
+        from psycopg_pool import AsyncConnectionPool
+
+        if self._direct_lock is None:
+            self._direct_lock = asyncio.Lock()
+        async with self._direct_lock:
+            if self._direct_pool is None:
+                url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                self._statements = StatementCache(self.engine.dialect)
+                pool = AsyncConnectionPool(url, min_size=1, max_size=self.pool_size, open=False,
+                                           kwargs={"autocommit": True, "prepare_threshold": 2})
+                await pool.open()
+                self._direct_pool = pool
+        return self._direct_pool
+
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
     async def dispose(self) -> None:
+        if self._direct_pool is not None:
+            await self._direct_pool.close()
+            self._direct_pool = None
         await self.engine.dispose()
 
 
@@ -103,4 +150,4 @@ def open_database(url: str, *, pool_size: int | None = None) -> Database:
         pool_pre_ping=False,
     )
     reader = engine.execution_options(isolation_level="AUTOCOMMIT")
-    return Database(engine=engine, writer=engine, dialect=dialect, reader=reader)
+    return Database(engine=engine, writer=engine, dialect=dialect, reader=reader, pool_size=size)

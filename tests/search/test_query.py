@@ -25,10 +25,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, delete, event, insert, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from engine.db.direct import DirectConnection, StatementCache
 from engine.db.schema import INDEX_TABLES, idx_number, metadata, resources
 from engine.search.extract import extract_index, patient_compartment
 from engine.search.paging import decode_cursor
@@ -38,6 +40,7 @@ from engine.search.query import SearchPage, search
 PG_URL = os.environ.get("SHAREDCARE_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = [os.environ["SHAREDCARE_TEST_BACKEND"]] if os.environ.get("SHAREDCARE_TEST_BACKEND") else ["sqlite", "postgresql"]
 T0 = datetime(2024, 1, 1)
+DIRECT_STATEMENTS = StatementCache(postgresql.psycopg.dialect())
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -63,6 +66,7 @@ class Store:
     runner: asyncio.Runner
     statements: list[str] = field(default_factory=list)
     clock: datetime = T0
+    raw: psycopg.AsyncConnection | None = None  # PostgreSQL: for engine.db.direct
 
     def run(self, coro_fn: Any) -> Any:
         async def go() -> Any:
@@ -71,12 +75,26 @@ class Store:
 
         return self.runner.run(go())
 
+    def run_direct(self, coro_fn: Any) -> Any:
+        """`coro_fn` on a DirectConnection (PostgreSQL): the statements run on psycopg, as the gate runs them."""
+        async def go() -> Any:
+            if self.raw is None:
+                self.raw = await psycopg.AsyncConnection.connect(_conninfo(str(self.engine.url.render_as_string(
+                    hide_password=False))), autocommit=True)
+            return await coro_fn(DirectConnection(self.raw, DIRECT_STATEMENTS))
+
+        return self.runner.run(go())
+
     def search(self, resource_type: str, items: list[tuple[str, str]], **kwargs: Any) -> SearchPage:
-        req = parse_search(resource_type, items, **kwargs)
-        return self.run(lambda conn: search(conn, req))
+        return self.search_request(parse_search(resource_type, items, **kwargs))
 
     def search_request(self, req: SearchRequest) -> SearchPage:
-        return self.run(lambda conn: search(conn, req))
+        page = self.run(lambda conn: search(conn, req))
+        if self.backend == "postgresql":
+            # Every search here also runs on psycopg directly (the access gate's executor) and must agree.
+            direct = self.run_direct(lambda conn: search(conn, req))
+            assert direct == page, f"engine.db.direct disagrees for {req.items}"
+        return page
 
     def ids(self, resource_type: str, items: list[tuple[str, str]]) -> list[str]:
         return [row.res_id for row in self.search(resource_type, [*items, ("_count", "1000")]).rows]
@@ -124,6 +142,8 @@ class Store:
         self.clock = T0
 
     def close(self) -> None:
+        if self.raw is not None:
+            self.runner.run(self.raw.close())
         self.runner.run(self.engine.dispose())
         self.runner.close()
         self.sync.dispose()

@@ -1,0 +1,154 @@
+"""SQLAlchemy Core statements run straight on psycopg: the hot read path on PostgreSQL.
+
+SQLAlchemy's async execution costs a few hundred microseconds per statement in Python — cache-key
+generation, parameter processing, result wrapping and a greenlet switch each way — which is more
+than PostgreSQL takes to answer an indexed read. The store's hot statements are built once
+(engine.access_data, engine.search.query, engine.db.repository), so here each is compiled once for
+psycopg and then executed on a raw psycopg connection from a psycopg_pool pool:
+
+- named bound parameters stay `%(name)s`; the values a statement carries itself (literals) are
+  kept with its compiled form and merged with the caller's values;
+- an expanding `IN` (`column.in_(bindparam(..., expanding=True))`, or a literal list) becomes
+  `= ANY(%(name)s)` (`NOT IN` becomes `<> ALL(...)`), so one prepared statement serves every list
+  length and psycopg sends the list as an array;
+- psycopg prepares a statement on the server after it has run a few times on a connection.
+
+`DirectConnection` offers the slice of `AsyncConnection` that the read path uses — `execute()` and
+a result with `all/first/one/one_or_none/scalar/scalar_one/scalars` and iteration — so code written
+for SQLAlchemy connections runs unchanged on it. Rows are named tuples (index or attribute access).
+Only statements whose bound values need no SQLAlchemy type processing belong here: strings,
+numbers, booleans, datetimes and lists of them.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection as PsycopgConnection
+from psycopg.rows import namedtuple_row
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import ClauseElement
+
+_EXPANDING = re.compile(r"(NOT )?IN \(__\[POSTCOMPILE_(\w+)\]\)")
+_POSTCOMPILE = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledStatement:
+    """A statement compiled for psycopg: its SQL, the values it carries, caller key → placeholder name,
+    and the placeholders the caller must fill."""
+
+    sql: str
+    fixed: Mapping[str, Any]
+    names: Mapping[str, str]
+    required: frozenset[str]
+
+    def parameters(self, values: Mapping[str, Any] | None) -> dict[str, Any]:
+        params = dict(self.fixed)
+        for key, value in (values or {}).items():
+            name = self.names.get(key)
+            if name is not None:
+                params[name] = list(value) if isinstance(value, (tuple, set, frozenset)) else value
+        if not self.required <= params.keys():
+            missing = ", ".join(sorted(self.required - params.keys()))
+            raise KeyError(f"no value for bound parameter(s) {missing}")
+        return params
+
+
+def compile_statement(statement: ClauseElement, dialect: Dialect) -> CompiledStatement:
+    """`statement` as psycopg SQL with `%(name)s` placeholders (see the module docstring)."""
+    compiled = statement.compile(dialect=dialect)
+
+    def expanding(match: re.Match[str]) -> str:
+        return f"<> ALL(%({match.group(2)})s)" if match.group(1) else f"= ANY(%({match.group(2)})s)"
+
+    sql = _POSTCOMPILE.sub(lambda m: f"%({m.group(1)})s", _EXPANDING.sub(expanding, compiled.string))
+    fixed: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    required: set[str] = set()
+    for bind, name in compiled.bind_names.items():
+        name = compiled.escaped_bind_names.get(name, name)
+        if bind.required:
+            required.add(name)
+        else:
+            value = bind.effective_value
+            fixed[name] = list(value) if isinstance(value, (tuple, set, frozenset)) else value
+        if not str(bind.key).startswith("%("):  # an anonymous literal's key is "%(<id> <name>)s"
+            names[bind.key] = name
+    return CompiledStatement(sql, fixed, names, frozenset(required))
+
+
+class StatementCache:
+    """Compiled forms of the statements a process runs, held as long as the statements live."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._compiled: weakref.WeakKeyDictionary[ClauseElement, CompiledStatement] = weakref.WeakKeyDictionary()
+
+    def get(self, statement: ClauseElement) -> CompiledStatement:
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = compile_statement(statement, self.dialect)
+        return compiled
+
+
+class DirectResult:
+    """The rows of one statement, consumed the ways SQLAlchemy's `Result` is on the read path."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def all(self) -> list[Any]:
+        return self._rows
+
+    def first(self) -> Any | None:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> Any:
+        if len(self._rows) != 1:
+            raise LookupError(f"expected one row, got {len(self._rows)}")
+        return self._rows[0]
+
+    def one_or_none(self) -> Any | None:
+        if len(self._rows) > 1:
+            raise LookupError(f"expected at most one row, got {len(self._rows)}")
+        return self.first()
+
+    def scalar(self) -> Any | None:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalars(self) -> list[Any]:
+        return [row[0] for row in self._rows]
+
+
+class DirectConnection:
+    """A psycopg connection that runs SQLAlchemy Core statements (see the module docstring)."""
+
+    def __init__(self, raw: PsycopgConnection[Any], statements: StatementCache) -> None:
+        self.raw = raw
+        self.statements = statements
+        self.dialect = statements.dialect
+
+    async def execute(self, statement: ClauseElement, parameters: Mapping[str, Any] | None = None) -> DirectResult:
+        compiled = self.statements.get(statement)
+        cursor = self.raw.cursor(row_factory=namedtuple_row)
+        await cursor.execute(compiled.sql, compiled.parameters(parameters))
+        rows = await cursor.fetchall() if cursor.description is not None else []
+        return DirectResult(rows)
+
+    async def executemany(self, statement: ClauseElement, rows: Sequence[Mapping[str, Any]]) -> None:
+        compiled = self.statements.get(statement)
+        async with self.raw.cursor() as cursor:
+            await cursor.executemany(compiled.sql, [compiled.parameters(row) for row in rows])

@@ -1,0 +1,105 @@
+"""engine.db.direct: SQLAlchemy Core statements compiled once for psycopg and run without SQLAlchemy.
+
+The compiler is pure (tested here); that it returns what SQLAlchemy returns is checked on PostgreSQL
+by every search in tests/search/test_query.py and below for the access gate's own statements.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from sqlalchemy import Integer, bindparam, select, text
+from sqlalchemy.dialects import postgresql
+
+from consent.policy import load_policy
+from engine.access_data import PolicySql, Viewer, load_contexts, patients_of
+from engine.config import access_policy_path
+from engine.db.direct import DirectResult, StatementCache, compile_statement
+from engine.db.schema import resources
+
+PG = postgresql.psycopg.dialect()
+
+
+def test_expanding_in_becomes_any_and_not_in_becomes_all() -> None:
+    statement = select(resources.c.pk).where(
+        resources.c.pk.in_(bindparam("pks", expanding=True)),
+        resources.c.res_id.not_in(bindparam("ids", expanding=True)),
+    )
+    compiled = compile_statement(statement, PG)
+    assert "= ANY(%(pks)s)" in compiled.sql
+    assert "<> ALL(%(ids)s)" in compiled.sql
+    assert "POSTCOMPILE" not in compiled.sql
+    assert compiled.parameters({"pks": (1, 2), "ids": set()}) == {"pks": [1, 2], "ids": []}
+
+
+def test_literals_travel_with_the_statement_and_callers_fill_the_rest() -> None:
+    statement = (select(resources.c.pk).where(resources.c.res_type == "Patient", resources.c.res_id == bindparam("id"))
+                 .limit(bindparam("limit", type_=Integer)))
+    compiled = compile_statement(statement, PG)
+    params = compiled.parameters({"id": "p1", "limit": 5, "unrelated": 1})
+    assert sorted(params.values(), key=str) == sorted(["Patient", "p1", 5], key=str)
+    with pytest.raises(KeyError, match="limit"):
+        compiled.parameters({"id": "p1"})
+
+
+def test_a_literal_list_becomes_an_array_parameter() -> None:
+    compiled = compile_statement(select(resources.c.pk).where(resources.c.res_type.in_(["Patient", "Observation"])), PG)
+    assert "= ANY(" in compiled.sql
+    assert list(compiled.fixed.values()) == [["Patient", "Observation"]]
+
+
+def test_text_statements_keep_percent_signs_escaped() -> None:
+    compiled = compile_statement(text("SELECT 1 WHERE :v LIKE 'a%'"), PG)
+    assert compiled.sql == "SELECT 1 WHERE %(v)s LIKE 'a%%'"
+
+
+def test_statements_compile_once() -> None:
+    cache = StatementCache(PG)
+    statement = select(resources.c.pk)
+    assert cache.get(statement) is cache.get(statement)
+
+
+def test_result_accessors() -> None:
+    assert DirectResult([(1, "a"), (2, "b")]).scalars() == [1, 2]
+    assert DirectResult([(1, "a")]).scalar_one() == 1
+    assert DirectResult([]).first() is None and DirectResult([]).scalar() is None
+    with pytest.raises(LookupError):
+        DirectResult([(1,), (2,)]).one()
+
+
+def test_the_gates_statements_agree_with_sqlalchemy(db, run, clean_store) -> None:
+    """On PostgreSQL: the read-with-verdict, permitted, contexts and patients-of statements give the rows
+    SQLAlchemy gives, on a small record (a patient, an observation, a Consent)."""
+    if not db.is_postgres:
+        pytest.skip("engine.db.direct runs on PostgreSQL only")
+    from engine.db import repository
+
+    sql = PolicySql(load_policy(access_policy_path()))
+    viewer = Viewer("u1", "RR8", frozenset({"RR8"}), None)
+    now = datetime(2026, 1, 1)
+
+    async def scenario() -> None:
+        async with db.write() as conn:
+            for resource in ({"resourceType": "Patient", "id": "direct-p"},
+                             {"resourceType": "Observation", "id": "direct-o", "status": "final",
+                              "code": {"text": "x"}, "subject": {"reference": "Patient/direct-p"}},
+                             {"resourceType": "Consent", "id": "direct-c", "status": "active",
+                              "scope": {"text": "x"}, "category": [{"text": "x"}],
+                              "patient": {"reference": "Patient/direct-p"}}):
+                await repository.create(conn, resource, res_id=resource["id"], now=now)
+        values = {**sql.params(viewer, now), "res_type": "Observation", "res_id": "direct-o"}
+        async with db.read() as via_sqlalchemy, db.direct() as direct:
+            expected = (await via_sqlalchemy.execute(sql.read(viewer), values)).all()
+            assert [tuple(r) for r in (await direct.execute(sql.read(viewer), values)).all()] == \
+                [tuple(r) for r in expected]
+            pks = [expected[0].pk, -1]
+            permitted = {**sql.params(viewer, now), "acc_pks": pks}
+            assert sorted(map(tuple, (await direct.execute(sql.permitted(viewer), permitted)).all())) == \
+                sorted(map(tuple, (await via_sqlalchemy.execute(sql.permitted(viewer), permitted)).all()))
+            assert await patients_of(direct, pks) == await patients_of(via_sqlalchemy, pks)
+            arguments = {"user_id": "u1", "orgs": frozenset({"RR8"}), "now": now}
+            assert await load_contexts(direct, ["direct-p"], **arguments) == \
+                await load_contexts(via_sqlalchemy, ["direct-p"], **arguments)
+
+    run(scenario())
