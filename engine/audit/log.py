@@ -2,9 +2,9 @@
 
 Each row's hash is sha256 over the previous row's hash, its seq and the canonical JSON of its
 record (`chain_hash`); the single-row `audit_chain_head` holds the last seq and hash. Appending
-takes the chain lock (PostgreSQL: a transaction-scoped advisory lock; SQLite: the write
-transaction, which begins IMMEDIATE, already serialises writers), reads the head, inserts the rows
-and moves the head — all inside the caller's transaction, so the audit commits with what it audits.
+locks and reads the head (PostgreSQL: the head row `FOR UPDATE`, in the one statement that also
+chains and inserts the rows; SQLite: the write transaction, which begins IMMEDIATE, already
+serialises writers), inserts the rows and moves the head — all inside the caller's transaction, so the audit commits with what it audits.
 
 `AuditWriter` is the group commit for reads (DESIGN.md principle 3): concurrent requests queue
 their records and wait; one background task commits everything queued in one write transaction
@@ -29,12 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.audit.events import AuditRecord, record_bytes, record_from_json
 from engine.audit.schema import GENESIS_HASH, audit_chain_head, audit_entities, audit_log, audit_patients
-from engine.db import repository
 from engine.db.database import Database
 
 log = logging.getLogger("sharedcare.audit")
 
-CHAIN_LOCK = "audit-chain"
 _HEAD_ID = 1
 
 
@@ -57,9 +55,11 @@ def indexed_columns(record: AuditRecord) -> dict[str, Any]:
     }
 
 
+_HEAD = select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(audit_chain_head.c.id == _HEAD_ID)
+
+
 async def _head(conn: AsyncConnection) -> tuple[int, str] | None:
-    row = (await conn.execute(select(audit_chain_head.c.seq, audit_chain_head.c.hash)
-                              .where(audit_chain_head.c.id == _HEAD_ID))).first()
+    row = (await conn.execute(_HEAD)).first()
     return (int(row.seq), row.hash) if row else None
 
 
@@ -67,10 +67,12 @@ async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[
     """Append `records` to the chain inside the caller's open write transaction; their seqs.
 
     Commit (or roll back) is the caller's: the audit stands or falls with the data it audits.
+    On PostgreSQL it is one statement, so outside a transaction (autocommit) it is atomic by itself.
     """
     if not records:
         return []
-    await repository.lock_for(conn, CHAIN_LOCK)
+    if conn.dialect.name == "postgresql":
+        return await _append_postgres(conn, records)
     head = await _head(conn)
     seq, prev = head or (0, GENESIS_HASH)
     rows, patients, entities = [], [], []
@@ -83,10 +85,6 @@ async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[
         patients += [{"patient_id": p, "seq": seq} for p in record.patient_ids]
         entities += [{"reference": e, "seq": seq} for e in dict.fromkeys(map(entity_key, record.entities))]
         prev = digest
-    if conn.dialect.name == "postgresql":
-        await conn.execute(_PG_APPEND, {"rows": _jsonb(rows), "patients": _jsonb(patients),
-                                        "entities": _jsonb(entities), "seq": seq, "hash": prev})
-        return [row["seq"] for row in rows]
     await conn.execute(insert(audit_log), rows)
     if patients:
         await conn.execute(insert(audit_patients), patients)
@@ -100,18 +98,53 @@ async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[
     return [row["seq"] for row in rows]
 
 
-# PostgreSQL: the rows, their index rows and the new head in one statement (one round trip per batch
-# instead of four), fed by JSON recordsets.
-_PG_APPEND = text("""WITH l AS (INSERT INTO audit_log (seq, recorded, kind, user_id, role, org, purpose, action, subtype,
- outcome, break_glass, record, prev_hash, hash) SELECT * FROM jsonb_to_recordset(:rows) AS x(seq bigint,
- recorded timestamp, kind text, user_id text, role text, org text, purpose text, action text, subtype text,
- outcome text, break_glass boolean, record text, prev_hash text, hash text)),
-p AS (INSERT INTO audit_patients (patient_id, seq) SELECT patient_id, seq FROM jsonb_to_recordset(:patients)
- AS x(patient_id text, seq bigint)),
-e AS (INSERT INTO audit_entities (reference, seq) SELECT reference, seq FROM jsonb_to_recordset(:entities)
- AS x(reference text, seq bigint))
-INSERT INTO audit_chain_head (id, seq, hash) VALUES (1, :seq, :hash)
- ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash""")
+async def _append_postgres(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[int]:
+    """The records as numbered rows (1, 2, …); `_PG_APPEND` numbers them after the head and chains them."""
+    rows, patients, entities = [], [], []
+    for n, record in enumerate(records, start=1):
+        rows.append({"n": n, **indexed_columns(record), "record": record_bytes(record).decode()})
+        patients += [{"patient_id": p, "n": n} for p in record.patient_ids]
+        entities += [{"reference": e, "n": n} for e in dict.fromkeys(map(entity_key, record.entities))]
+    values = {"rows": _jsonb(rows), "patients": _jsonb(patients), "entities": _jsonb(entities)}
+    after = (await conn.execute(_PG_APPEND, values)).scalar()
+    if after is None:  # no head yet: create the genesis head (idempotent, race-free), then append
+        await conn.execute(_PG_GENESIS, {"hash": GENESIS_HASH})
+        after = (await conn.execute(_PG_APPEND, values)).scalar()
+    if after is None:
+        raise AuditChainBroken("the audit log holds records but its chain head is missing "
+                               "(`sharedcare audit verify` reports it); nothing more can be appended")
+    return list(range(after + 1, after + 1 + len(records)))
+
+
+class AuditChainBroken(RuntimeError):
+    """The chain cannot be extended as it stands (an operator must look at it)."""
+
+
+# PostgreSQL: lock the head row, number and hash-chain the rows, insert them with their index rows and
+# move the head — one statement, one round trip per batch. Under READ COMMITTED a `FOR UPDATE` that
+# waited for another appender reads the head as that appender committed it. The chain is computed as
+# `chain_hash` computes it: sha256(prev hash ‖ "\n" ‖ seq ‖ "\n" ‖ record JSON), hex. With no head row
+# nothing is inserted and NULL is returned.
+_PG_APPEND = text("""WITH RECURSIVE head AS (SELECT seq, hash FROM audit_chain_head WHERE id = 1 FOR UPDATE),
+x AS (SELECT * FROM jsonb_to_recordset(:rows) AS x(n int, recorded timestamp, kind text, user_id text,
+ role text, org text, purpose text, action text, subtype text, outcome text, break_glass boolean, record text)),
+chain AS (SELECT 0 AS n, seq, hash::text FROM head
+ UNION ALL SELECT x.n, chain.seq + 1, encode(sha256(convert_to(chain.hash || E'\\n' || (chain.seq + 1)::text
+ || E'\\n' || x.record, 'UTF8')), 'hex') FROM chain JOIN x ON x.n = chain.n + 1),
+l AS (INSERT INTO audit_log (seq, recorded, kind, user_id, role, org, purpose, action, subtype, outcome,
+ break_glass, record, prev_hash, hash)
+ SELECT c.seq, x.recorded, x.kind, x.user_id, x.role, x.org, x.purpose, x.action, x.subtype, x.outcome,
+ x.break_glass, x.record, p.hash, c.hash FROM chain c JOIN x ON x.n = c.n JOIN chain p ON p.n = c.n - 1),
+p AS (INSERT INTO audit_patients (patient_id, seq) SELECT y.patient_id, head.seq + y.n
+ FROM jsonb_to_recordset(:patients) AS y(patient_id text, n int), head),
+e AS (INSERT INTO audit_entities (reference, seq) SELECT y.reference, head.seq + y.n
+ FROM jsonb_to_recordset(:entities) AS y(reference text, n int), head),
+h AS (UPDATE audit_chain_head SET seq = last.seq, hash = last.hash
+ FROM (SELECT seq, hash FROM chain ORDER BY n DESC LIMIT 1) AS last WHERE audit_chain_head.id = 1)
+SELECT seq FROM head""")
+# The head before the first record; never over a log that has records (a lost head is for `verify` to report).
+_PG_GENESIS = text("INSERT INTO audit_chain_head (id, seq, hash) SELECT 1, 0, :hash "
+                   "WHERE NOT EXISTS (SELECT FROM audit_log) ON CONFLICT (id) DO NOTHING")
 
 
 def _jsonb(rows: list[dict[str, Any]]) -> Jsonb:
@@ -200,7 +233,8 @@ class AuditWriter:
     async def _commit(self, batch: list[_Waiter]) -> None:
         records = [r for waiter in batch for r in waiter.records]
         try:
-            async with self.db.direct(transaction=True) as conn:
+            # One statement on PostgreSQL, atomic in autocommit; a write transaction on SQLite.
+            async with self.db.direct(transaction=not self.db.is_postgres) as conn:
                 seqs = await append(conn, records)
         except Exception as exc:  # every waiter gets the failure; the writer carries on
             log.error("audit commit failed", exc_info=exc, extra={"fields": {"records": len(records)}})

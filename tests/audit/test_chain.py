@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import replace
 
@@ -10,7 +11,7 @@ from sqlalchemy import delete, insert, select, text, update
 from engine.audit.events import record_bytes
 from engine.audit.log import append, chain_hash, verify, verify_database
 from engine.audit.schema import GENESIS_HASH, audit_chain_head, audit_log, audit_patients
-from engine.db.database import Database
+from engine.db.database import Database, open_database
 from tests.audit.conftest import a_record
 
 
@@ -39,6 +40,33 @@ def test_appends_link_into_one_chain(audit_db: Database, run) -> None:
     report = run(_report(audit_db))
     assert report.ok and report.checked == 5 and report.head_seq == 5
     assert "chain intact" in report.text()
+
+
+def test_processes_appending_at_once_make_one_chain(audit_db: Database, run) -> None:
+    """Appenders on separate connections (as worker processes are), starting from an empty log, some in
+    autocommit (the group commit on PostgreSQL) and some inside write transactions: one gapless chain."""
+    other = open_database(audit_db.engine.url.render_as_string(hide_password=False), pool_size=4)
+
+    async def autocommit(db: Database, n: int) -> list[int]:
+        async with db.direct(transaction=not db.is_postgres) as conn:
+            return await append(conn, [a_record(n, patient=f"p{n}"), a_record(n, patient=f"q{n}")])
+
+    async def in_transaction(db: Database, n: int) -> list[int]:
+        async with db.write() as conn:
+            return await append(conn, [a_record(n, patient=f"p{n}")])
+
+    async def go() -> list[list[int]]:
+        try:
+            return await asyncio.gather(*(
+                (autocommit if n % 2 else in_transaction)(audit_db if n % 3 else other, n) for n in range(24)))
+        finally:
+            await other.dispose()
+
+    seqs = sorted(seq for batch in run(go()) for seq in batch)
+    assert seqs == list(range(1, len(seqs) + 1))
+    report = run(_report(audit_db))
+    assert report.ok, report.text()
+    assert report.checked == len(seqs)
 
 
 def test_an_empty_log_verifies(audit_db: Database, run) -> None:
