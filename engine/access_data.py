@@ -120,11 +120,17 @@ class Viewer:
     needs_relationship: bool = True  # False for roles the policy exempts (information governance)
 
 
-def consenting_patients() -> Select:
-    """Patients holding any Consent: their data is decided row by row in Python."""
+# The rules are correlated EXISTS probes on the row's patient (indexes: resources (patient_id, res_type),
+# care_relationships (org, patient_id), break_glass_grants (user_id, patient_id, expires)). An
+# `IN (SELECT …)` would be planned as a hashed subplan that reads every relationship of the viewer's
+# organisation — thousands of rows for a GP practice — even to read one resource.
+
+
+def holds_consent(patient: ColumnElement[Any]) -> ColumnElement[bool]:
+    """`patient` holds a Consent: their data is decided row by row in Python."""
     consent = resources.alias("consent")
-    return select(consent.c.patient_id).where(consent.c.res_type == "Consent", consent.c.deleted.is_(False),
-                                              consent.c.patient_id.is_not(None))
+    return exists().where(consent.c.patient_id == patient, consent.c.res_type == "Consent",
+                          consent.c.deleted.is_(False))
 
 
 class PolicySql:
@@ -134,12 +140,12 @@ class PolicySql:
         self.policy = policy
         self.kinds = sorted(policy.relationship_windows)
         patient = resources.c.patient_id
-        self.holds_consent = patient.in_(consenting_patients())
+        self.holds_consent = holds_consent(patient)
         self.own = patient == bindparam("acc_own")
         self.restricted = self._restricted_label()
         self.owned = exists().where(idx_token.c.res_pk == resources.c.pk, idx_token.c.param == "_tag",
                                     idx_token.c.system == OWNER_TAG_SYSTEM, idx_token.c.code == bindparam("acc_ods"))
-        self.reachable = or_(patient.in_(self._granted()), patient.in_(self._related()))
+        self.reachable = or_(self._granted(patient), self._related(patient))
         self._visible = {needs: self._visible_clause(needs) for needs in (True, False)}
         self._label_hidden = {needs: self._label_hidden_clause(needs) for needs in (True, False)}
         self._read = {needs: select(*repository.READ_COLUMNS, resources.c.patient_id,
@@ -190,19 +196,20 @@ class PolicySql:
             return false()
         return exists().where(idx_token.c.res_pk == resources.c.pk, idx_token.c.param == "_security", or_(*pairs))
 
-    def _related(self) -> Select:
-        """Patients with a live care relationship with one of :acc_orgs at :acc_now."""
+    def _related(self, patient: ColumnElement[Any]) -> ColumnElement[bool]:
+        """`patient` has a live care relationship with one of :acc_orgs at :acc_now."""
         rel = care_relationships.c
         windows = [and_(rel.param == kind, or_(rel.high.is_(None), rel.high >= bindparam(f"acc_since_{i}")))
                    for i, kind in enumerate(self.kinds)]
-        return select(rel.patient_id).where(rel.org.in_(bindparam("acc_orgs", expanding=True)),
-                                            or_(rel.low.is_(None), rel.low <= bindparam("acc_now")), or_(*windows))
+        return exists().where(rel.patient_id == patient, rel.org.in_(bindparam("acc_orgs", expanding=True)),
+                              or_(rel.low.is_(None), rel.low <= bindparam("acc_now")), or_(*windows))
 
     @staticmethod
-    def _granted() -> Select:
+    def _granted(patient: ColumnElement[Any]) -> ColumnElement[bool]:
+        """:acc_user holds a live break-glass grant on `patient`."""
         grants = break_glass_grants.c
-        return select(grants.patient_id).where(grants.user_id == bindparam("acc_user"),
-                                               grants.expires > bindparam("acc_now"))
+        return exists().where(grants.user_id == bindparam("acc_user"), grants.patient_id == patient,
+                              grants.expires > bindparam("acc_now"))
 
     def _visible_clause(self, needs_relationship: bool) -> ColumnElement[bool]:
         patient = resources.c.patient_id
@@ -219,7 +226,7 @@ class PolicySql:
 # -- per-patient inputs to consent.decide -------------------------------------------------------
 
 
-_PATIENTS_OF = select(resources.c.pk, resources.c.patient_id, resources.c.patient_id.in_(consenting_patients())
+_PATIENTS_OF = select(resources.c.pk, resources.c.patient_id, holds_consent(resources.c.patient_id)
                       ).where(resources.c.pk.in_(bindparam("pks", expanding=True)))
 
 
