@@ -108,8 +108,12 @@ class Database:
             if self._direct_pool is None:
                 url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
                 self._statements = StatementCache(self.engine.dialect)
+                # Statements are prepared on their second run on a connection; generic plans, because
+                # re-planning a custom plan for every run costs PostgreSQL more than running the
+                # index-driven statements of the hot paths (0.5–0.9 ms against 0.1–0.3 ms).
                 pool = AsyncConnectionPool(url, min_size=1, max_size=self.pool_size, open=False,
-                                           kwargs={"autocommit": True, "prepare_threshold": 2})
+                                           kwargs={"autocommit": True, "prepare_threshold": 2,
+                                                   "options": "-c plan_cache_mode=force_generic_plan"})
                 await pool.open()
                 self._direct_pool = pool
         return self._direct_pool
