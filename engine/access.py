@@ -44,6 +44,8 @@ from engine.access_data import (
     PatientContext,
     PolicySql,
     Viewer,
+    contexts_from_rows,
+    contexts_query,
     grant_break_glass,
     load_contexts,
     patients_of,
@@ -54,12 +56,21 @@ from engine.auth import Principal, granting_scopes
 from engine.config import access_policy_path
 from engine.db import repository
 from engine.db.database import Database
+from engine.db.direct import execute_together
 from engine.db.repository import HistoryPage, Stored
 from engine.db.schema import resources
 from engine.outcomes import FhirError
 from engine.search.normalise import naive_utc
 from engine.search.params import SearchError, SearchRequest, parse_search
-from engine.search.query import SearchPage, criteria_clause, match_flags, search
+from engine.search.query import (
+    SearchPage,
+    count_only,
+    criteria_clause,
+    finish_page,
+    match_flags,
+    plan_page,
+    search,
+)
 
 # SMART v2 interaction letters.
 CREATE, READ, UPDATE, DELETE, SEARCH = "c", "r", "u", "d", "s"
@@ -291,27 +302,25 @@ class AccessGate:
             return await search(conn, request, restriction=scope_clause(who, SEARCH, request.resource_type))
         now = self.clock()
         viewer = await self.viewer(conn, who)
-        consents_possible = request.cursor is not None  # a later page cannot tell; judge its rows
-        if pinned:
-            context = await self._check_patient(conn, who, viewer, request.resource_type, pinned, now)
-            consents_possible = bool(context.consents)
         scope = scope_clause(who, SEARCH, request.resource_type)
         rules = self.sql.visible(viewer)
         restriction = rules if scope is None else and_(scope, rules)
         params = self.sql.params(viewer, naive_utc(now))
-        label_hidden = False
         if pinned:
-            # The patient's record holds labelled data of this type the viewer may not see.
-            label_hidden = (not consents_possible and pinned != who.own_patient
-                            and request.resource_type in context.hidden_types)
-        elif request.cursor is None:
-            hidden = self.sql.label_hidden(viewer)
-            checks = [hidden if scope is None else and_(scope, hidden), and_(restriction, self.sql.holds_consent)]
-            label_hidden, consents_possible = await match_flags(conn, request, checks, params)
-        if consents_possible:
-            # Python may withhold rows SQL counted: a total would reveal how many.
-            request = replace(request, total="none")
-        page = await search(conn, request, restriction=restriction, restriction_values=params)
+            page, consents_possible, label_hidden = await self._pinned_search(
+                conn, who, viewer, request, pinned, now, restriction, params)
+        else:
+            consents_possible = request.cursor is not None  # a later page cannot tell; judge its rows
+            label_hidden = False
+            if request.cursor is None:
+                hidden = self.sql.label_hidden(viewer)
+                checks = [hidden if scope is None else and_(scope, hidden),
+                          and_(restriction, self.sql.holds_consent)]
+                label_hidden, consents_possible = await match_flags(conn, request, checks, params)
+            if consents_possible:
+                # Python may withhold rows SQL counted: a total would reveal how many.
+                request = replace(request, total="none")
+            page = await search(conn, request, restriction=restriction, restriction_values=params)
         withheld = await self._withheld_by_consent(conn, who, READ, page.rows, now) if consents_possible else set()
         if withheld:
             page = replace(page, rows=[r for r in page.rows if r.pk not in withheld])
@@ -532,19 +541,39 @@ class AccessGate:
                                 _INTERACTION_NAMES[interaction])
         return decide(request, facts, context.consents, context.relationships, now, self.policy)
 
-    async def _check_patient(self, conn: AsyncConnection, who: Principal, viewer: Viewer, res_type: str,
-                             patient_id: str, now: datetime) -> PatientContext:
+    async def _pinned_search(
+        self, conn: AsyncConnection, who: Principal, viewer: Viewer, request: SearchRequest, pinned: str,
+        now: datetime, restriction: ColumnElement[bool], params: dict[str, Any],
+    ) -> tuple[SearchPage, bool, bool]:
+        """A search about one patient: the page, whether Consents may withhold rows, whether labelled data
+        of the type is hidden. The patient's context and the page statement go in one round trip; with no
+        relationship and no break-glass (or an objection) the search is refused and the page discarded."""
+        plan = plan_page(request, restriction=restriction, restriction_values=params)
+        context_query = contexts_query([pinned], user_id=who.user_id, orgs=viewer.orgs, now=naive_utc(now),
+                                       hidden_for=(self.sql, who.org or ""))
+        statements = [context_query] if plan.statement is None else [context_query, (plan.statement, plan.values)]
+        context_rows, *page_rows = await execute_together(conn, statements)
+        context = contexts_from_rows([pinned], context_rows)[pinned]
+        self._check_patient(who, viewer, request.resource_type, pinned, context, now)
+        consents_possible = bool(context.consents)
+        # The patient's record holds labelled data of this type the viewer may not see.
+        label_hidden = (not consents_possible and pinned != who.own_patient
+                        and request.resource_type in context.hidden_types)
+        if consents_possible:
+            # Python may withhold rows SQL counted: a total would reveal how many.
+            plan = replace(plan, req=replace(plan.req, total="none"))
+        page = await (count_only(conn, plan) if plan.statement is None else finish_page(conn, plan, page_rows[0]))
+        return page, consents_possible, label_hidden
+
+    def _check_patient(self, who: Principal, viewer: Viewer, res_type: str, patient_id: str,
+                       context: PatientContext, now: datetime) -> None:
         """Refuse a request about one patient when there is no relationship and no break-glass."""
-        context = (await load_contexts(conn, [patient_id], user_id=who.user_id, orgs=viewer.orgs,
-                                       now=naive_utc(now),
-                                       hidden_for=(self.sql, who.org or "")))[patient_id]
         request = AccessRequest(self.requester(who, viewer.orgs, break_glass=context.break_glass),
                                 _INTERACTION_NAMES[READ])
         decision = decide_patient(request, res_type, patient_id, context.consents, context.relationships, now,
                                   self.policy)
         if decision.effect == "deny":
             raise replace(_deny(decision), patient_id=patient_id)
-        return context
 
     async def _refusal(self, conn: AsyncConnection, who: Principal, stored: Stored, verb: str) -> FhirError:
         """Why `stored` may not be read (or written) by `who`: the rule that decided, as 403 or 404.

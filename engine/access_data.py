@@ -269,19 +269,36 @@ async def load_contexts(
     With `hidden_for` (the policy's SQL and the viewer's ODS code) also the types of each record that
     carry a restricting label that organisation does not own.
     """
+    query = contexts_query(patient_ids, user_id=user_id, orgs=orgs, now=now, hidden_for=hidden_for)
+    if query is None:
+        return {}
+    return contexts_from_rows(patient_ids, await conn.execute(*query))
+
+
+def contexts_query(
+    patient_ids: Iterable[str], *, user_id: str, orgs: frozenset[str], now: datetime,
+    hidden_for: tuple[PolicySql, str] | None = None,
+) -> tuple[Any, dict[str, Any]] | None:
+    """The statement and values `load_contexts` runs (None when there are no patients), for a caller
+    that sends it together with other statements; `contexts_from_rows` reads its rows."""
     wanted = sorted(set(patient_ids))
     if not wanted:
-        return {}
-    consents: dict[str, list[PatientConsent]] = {p: [] for p in wanted}
-    relationships: dict[str, list[Relationship]] = {p: [] for p in wanted}
-    hidden: dict[str, set[str]] = {p: set() for p in wanted}
-    glass: set[str] = set()
+        return None
     values = {"ctx_patients": wanted, "ctx_orgs": sorted(orgs) or [""], "ctx_user": user_id, "ctx_now": now}
     statement = _CONTEXTS
     if hidden_for is not None:
         statement = hidden_for[0].contexts_with_hidden
         values["acc_ods"] = hidden_for[1] or ""
-    for src, patient, kind, org, low, high, content in await conn.execute(statement, values):
+    return statement, values
+
+
+def contexts_from_rows(patient_ids: Iterable[str], rows: Iterable[Sequence[Any]]) -> dict[str, PatientContext]:
+    wanted = sorted(set(patient_ids))
+    consents: dict[str, list[PatientConsent]] = {p: [] for p in wanted}
+    relationships: dict[str, list[Relationship]] = {p: [] for p in wanted}
+    hidden: dict[str, set[str]] = {p: set() for p in wanted}
+    glass: set[str] = set()
+    for src, patient, kind, org, low, high, content in rows:
         if src == "hidden":
             hidden[patient].add(kind)
         elif src == "rel":

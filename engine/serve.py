@@ -45,8 +45,18 @@ def run(settings: Settings, host: str, port: int, workers: int = 1, log_level: s
         log.error("the MLLP listener's configuration is not usable", extra={"fields": {"error": str(exc)}})
         return 2
     if workers <= 1:
-        return asyncio.run(_serve_one_process(settings, host, port, mllp))
+        return run_event_loop(_serve_one_process(settings, host, port, mllp))
     return _serve_with_workers(settings, host, port, workers, log_level, mllp)
+
+
+def run_event_loop(main: Any) -> Any:
+    """Run `main` on uvloop where it is installed (as uvicorn's own workers do), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a dependency except on Windows
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 # -- one process ------------------------------------------------------------------------------------
@@ -234,7 +244,7 @@ def _mllp_process_main(settings: Settings, log_level: str, ready: Any, parent_pi
 
         start_http_server(metrics_port, addr=config.host, registry=REGISTRY)
     try:
-        asyncio.run(_serve_mllp_only(settings, config, ready, parent_pid))
+        run_event_loop(_serve_mllp_only(settings, config, ready, parent_pid))
     except OSError as exc:
         log.error("the MLLP listener could not start", extra={"fields": {"error": str(exc)}})
         sys.exit(1)

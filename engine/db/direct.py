@@ -152,3 +152,26 @@ class DirectConnection:
         compiled = self.statements.get(statement)
         async with self.raw.cursor() as cursor:
             await cursor.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
+
+    async def execute_together(
+        self, statements: Sequence[tuple[ClauseElement, Mapping[str, Any] | None]]
+    ) -> list[DirectResult]:
+        """Several independent statements in one round trip (psycopg's pipeline mode); their results."""
+        cursors = []
+        async with self.raw.pipeline():
+            for statement, parameters in statements:
+                compiled = self.statements.get(statement)
+                cursor = self.raw.cursor(row_factory=namedtuple_row)
+                await cursor.execute(compiled.sql, compiled.parameters(parameters))
+                cursors.append(cursor)
+        return [DirectResult(await cursor.fetchall() if cursor.description is not None else [])
+                for cursor in cursors]
+
+
+async def execute_together(conn: Any, statements: Sequence[tuple[ClauseElement, Mapping[str, Any] | None]]
+                           ) -> list[Any]:
+    """`statements` (independent of each other) in one round trip on a DirectConnection, one after the
+    other on a SQLAlchemy connection; each one's rows as a list."""
+    if isinstance(conn, DirectConnection):
+        return [result.all() for result in await conn.execute_together(statements)]
+    return [(await conn.execute(statement, parameters)).all() for statement, parameters in statements]

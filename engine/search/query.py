@@ -355,16 +355,37 @@ async def search(
 
     Raises SearchError('_cursor') for a cursor that is not one of ours or belongs to another query.
     """
+    plan = plan_page(req, restriction=restriction, restriction_values=restriction_values)
+    if plan.statement is None:
+        return await count_only(conn, plan)
+    return await finish_page(conn, plan, (await conn.execute(plan.statement, plan.values)).all())
+
+
+@dataclass(slots=True)
+class PagePlan:
+    """A search made ready to run: the page statement and its values (None for a count-only search).
+
+    `search` runs it; a caller that wants the page statement to travel with statements of its own
+    (one round trip) runs `statement` itself and hands the rows to `finish_page`.
+    """
+
+    req: SearchRequest
+    statement: Select[Any] | None
+    values: dict[str, Any]
+    skeleton: tuple[Condition, ...]
+    cursor: Cursor | None
+    restriction: ColumnElement[bool] | None
+
+
+def plan_page(req: SearchRequest, *, restriction: ColumnElement[bool] | None = None,
+              restriction_values: dict[str, Any] | None = None) -> PagePlan:
     cursor = decode_cursor(req.cursor, req) if req.cursor else None
     values: dict[str, Any] = dict(restriction_values or {})
     skeleton = _skeleton(req.criteria, values)
     if cursor is not None:
         values["snapshot"] = cursor.snapshot
     if req.summary == "count" or req.count == 0:
-        if cursor is not None and cursor.total is not None:
-            return SearchPage([], cursor.total)
-        stmt = _restricted(_count_statement(req.resource_type, skeleton, cursor is not None), restriction)
-        return SearchPage([], (await conn.execute(stmt, values)).scalar_one())
+        return PagePlan(req, None, values, skeleton, cursor, restriction)
     shape = None
     if cursor is not None:
         shape = (cursor.direction, tuple(v is None for v in cursor.values), cursor.inclusive)
@@ -372,14 +393,29 @@ async def search(
         values["boundary"] = cursor.pk
     values["limit"] = req.count + 1
     stmt = _restricted(_page_statement(req.resource_type, skeleton, req.sort, shape), restriction)
-    raw = list((await conn.execute(stmt, values)).all())
+    return PagePlan(req, stmt, values, skeleton, cursor, restriction)
+
+
+async def count_only(conn: AsyncConnection, plan: PagePlan) -> SearchPage:
+    """`_summary=count` or `_count=0`: the total alone."""
+    if plan.cursor is not None and plan.cursor.total is not None:
+        return SearchPage([], plan.cursor.total)
+    stmt = _restricted(_count_statement(plan.req.resource_type, plan.skeleton, plan.cursor is not None),
+                       plan.restriction)
+    return SearchPage([], (await conn.execute(stmt, plan.values)).scalar_one())
+
+
+async def finish_page(conn: AsyncConnection, plan: PagePlan, raw: list[Any]) -> SearchPage:
+    """The page from the rows of `plan.statement`: total, cursors and included resources."""
+    req, cursor, values = plan.req, plan.cursor, dict(plan.values)
+    raw = list(raw)
     more = len(raw) > req.count
     raw = raw[: req.count]
     if cursor is not None and cursor.direction == "prev":
         raw.reverse()
     snapshot = cursor.snapshot if cursor is not None else (raw[0][-1] if raw else 0)
     values["snapshot"] = snapshot
-    total = await _total(conn, req, skeleton, values, cursor, len(raw), more, restriction)
+    total = await _total(conn, req, plan.skeleton, values, cursor, len(raw), more, plan.restriction)
     page = SearchPage([ResourceRow._make(row[:_WIDTH]) for row in raw], total)
     _set_cursors(page, req, raw, cursor, more, snapshot)
     if page.rows and (req.includes or req.revincludes):
