@@ -35,6 +35,7 @@ from sqlalchemy.sql import ClauseElement
 
 _EXPANDING = re.compile(r"(NOT )?IN \(__\[POSTCOMPILE_(\w+)\]\)")
 _POSTCOMPILE = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
+_NAMED = re.compile(r"(?<!%)%\(([^)]+)\)s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,8 @@ class CompiledStatement:
     fixed: Mapping[str, Any]
     names: Mapping[str, str]
     required: frozenset[str]
+    order: tuple[str, ...] = ()  # placeholder names in the order of `positional_sql`'s %s
+    positional_sql: str = ""
 
     def parameters(self, values: Mapping[str, Any] | None) -> dict[str, Any]:
         params = dict(self.fixed)
@@ -57,6 +60,11 @@ class CompiledStatement:
             missing = ", ".join(sorted(self.required - params.keys()))
             raise KeyError(f"no value for bound parameter(s) {missing}")
         return params
+
+    def positional(self, values: Mapping[str, Any] | None) -> list[Any]:
+        """The values for `positional_sql`, in placeholder order (psycopg skips re-ordering a mapping)."""
+        params = self.parameters(values)
+        return [params[name] for name in self.order]
 
 
 def compile_statement(statement: ClauseElement, dialect: Dialect) -> CompiledStatement:
@@ -79,7 +87,8 @@ def compile_statement(statement: ClauseElement, dialect: Dialect) -> CompiledSta
             fixed[name] = list(value) if isinstance(value, (tuple, set, frozenset)) else value
         if not str(bind.key).startswith("%("):  # an anonymous literal's key is "%(<id> <name>)s"
             names[bind.key] = name
-    return CompiledStatement(sql, fixed, names, frozenset(required))
+    order = tuple(_NAMED.findall(sql))
+    return CompiledStatement(sql, fixed, names, frozenset(required), order, _NAMED.sub("%s", sql))
 
 
 class StatementCache:
@@ -144,14 +153,9 @@ class DirectConnection:
     async def execute(self, statement: ClauseElement, parameters: Mapping[str, Any] | None = None) -> DirectResult:
         compiled = self.statements.get(statement)
         cursor = self.raw.cursor(row_factory=namedtuple_row)
-        await cursor.execute(compiled.sql, compiled.parameters(parameters))
+        await cursor.execute(compiled.positional_sql, compiled.positional(parameters))
         rows = await cursor.fetchall() if cursor.description is not None else []
         return DirectResult(rows)
-
-    async def executemany(self, statement: ClauseElement, rows: Sequence[Mapping[str, Any]]) -> None:
-        compiled = self.statements.get(statement)
-        async with self.raw.cursor() as cursor:
-            await cursor.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
 
     async def execute_together(
         self, statements: Sequence[tuple[ClauseElement, Mapping[str, Any] | None]]
@@ -162,7 +166,7 @@ class DirectConnection:
             for statement, parameters in statements:
                 compiled = self.statements.get(statement)
                 cursor = self.raw.cursor(row_factory=namedtuple_row)
-                await cursor.execute(compiled.sql, compiled.parameters(parameters))
+                await cursor.execute(compiled.positional_sql, compiled.positional(parameters))
                 cursors.append(cursor)
         return [DirectResult(await cursor.fetchall() if cursor.description is not None else [])
                 for cursor in cursors]
