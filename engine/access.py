@@ -307,8 +307,10 @@ class AccessGate:
         restriction = rules if scope is None else and_(scope, rules)
         params = self.sql.params(viewer, naive_utc(now))
         if pinned:
+            rules = self.sql.visible_pinned(viewer)
+            restriction = rules if scope is None else and_(scope, rules)
             page, consents_possible, label_hidden = await self._pinned_search(
-                conn, who, viewer, request, pinned, now, restriction, params)
+                conn, who, viewer, request, pinned, now, restriction, {**params, "acc_pinned": pinned})
         else:
             consents_possible = request.cursor is not None  # a later page cannot tell; judge its rows
             label_hidden = False
