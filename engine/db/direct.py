@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg import AsyncConnection as PsycopgConnection
+from psycopg import AsyncRawCursor
 from psycopg.rows import namedtuple_row
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
 _EXPANDING = re.compile(r"(NOT )?IN \(__\[POSTCOMPILE_(\w+)\]\)")
 _POSTCOMPILE = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
-_NAMED = re.compile(r"(?<!%)%\(([^)]+)\)s")
+_PLACEHOLDER = re.compile(r"%%|%\(([^)]+)\)s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +48,8 @@ class CompiledStatement:
     fixed: Mapping[str, Any]
     names: Mapping[str, str]
     required: frozenset[str]
-    order: tuple[str, ...] = ()  # placeholder names in the order of `positional_sql`'s %s
-    positional_sql: str = ""
+    order: tuple[str, ...] = ()  # the placeholder names numbered $1, $2, … in `server_sql`
+    server_sql: str = ""  # PostgreSQL's own placeholders: psycopg sends it as it is (a raw cursor)
 
     def parameters(self, values: Mapping[str, Any] | None) -> dict[str, Any]:
         params = dict(self.fixed)
@@ -62,7 +63,7 @@ class CompiledStatement:
         return params
 
     def positional(self, values: Mapping[str, Any] | None) -> list[Any]:
-        """The values for `positional_sql`, in placeholder order (psycopg skips re-ordering a mapping)."""
+        """The values for `server_sql`'s $1, $2, …"""
         params = self.parameters(values)
         return [params[name] for name in self.order]
 
@@ -87,8 +88,25 @@ def compile_statement(statement: ClauseElement, dialect: Dialect) -> CompiledSta
             fixed[name] = list(value) if isinstance(value, (tuple, set, frozenset)) else value
         if not str(bind.key).startswith("%("):  # an anonymous literal's key is "%(<id> <name>)s"
             names[bind.key] = name
-    order = tuple(_NAMED.findall(sql))
-    return CompiledStatement(sql, fixed, names, frozenset(required), order, _NAMED.sub("%s", sql))
+    order, server_sql = _numbered(sql)
+    return CompiledStatement(sql, fixed, names, frozenset(required), order, server_sql)
+
+
+def _numbered(sql: str) -> tuple[tuple[str, ...], str]:
+    """`sql` with `%(name)s` as $1, $2, … (one number per name) and `%%` as `%`, and the names in order.
+
+    psycopg parses a `%s`-style query on every execution once it is longer than it caches (4 KB) —
+    the policy's statements are — so the hot statements are sent ready-made through a raw cursor.
+    """
+    order: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(0) == "%%":
+            return "%"
+        return f"${order.setdefault(match.group(1), len(order) + 1)}"
+
+    server_sql = _PLACEHOLDER.sub(number, sql)
+    return tuple(order), server_sql
 
 
 class StatementCache:
@@ -152,8 +170,8 @@ class DirectConnection:
 
     async def execute(self, statement: ClauseElement, parameters: Mapping[str, Any] | None = None) -> DirectResult:
         compiled = self.statements.get(statement)
-        cursor = self.raw.cursor(row_factory=namedtuple_row)
-        await cursor.execute(compiled.positional_sql, compiled.positional(parameters))
+        cursor = AsyncRawCursor(self.raw, row_factory=namedtuple_row)
+        await cursor.execute(compiled.server_sql, compiled.positional(parameters))
         rows = await cursor.fetchall() if cursor.description is not None else []
         return DirectResult(rows)
 
@@ -165,8 +183,8 @@ class DirectConnection:
         async with self.raw.pipeline():
             for statement, parameters in statements:
                 compiled = self.statements.get(statement)
-                cursor = self.raw.cursor(row_factory=namedtuple_row)
-                await cursor.execute(compiled.positional_sql, compiled.positional(parameters))
+                cursor = AsyncRawCursor(self.raw, row_factory=namedtuple_row)
+                await cursor.execute(compiled.server_sql, compiled.positional(parameters))
                 cursors.append(cursor)
         return [DirectResult(await cursor.fetchall() if cursor.description is not None else [])
                 for cursor in cursors]

@@ -54,10 +54,10 @@ def test_text_statements_keep_percent_signs_escaped() -> None:
     assert compiled.sql == "SELECT 1 WHERE %(v)s LIKE 'a%%'"
 
 
-def test_positional_form_repeats_a_value_at_each_of_its_places() -> None:
-    compiled = compile_statement(text("SELECT :a, '%(b)s', :b, :a"), PG)
-    assert compiled.positional_sql == "SELECT %s, '%%(b)s', %s, %s"
-    assert compiled.positional({"a": 1, "b": 2}) == [1, 2, 1]
+def test_server_form_numbers_each_name_once() -> None:
+    compiled = compile_statement(text("SELECT :a, '%(b)s %', :b, :a"), PG)
+    assert compiled.server_sql == "SELECT $1, '%(b)s %', $2, $1"
+    assert compiled.positional({"a": 1, "b": 2}) == [1, 2]
 
 
 def test_statements_compile_once() -> None:
