@@ -552,7 +552,7 @@ class AccessGate:
         relationship and no break-glass (or an objection) the search is refused and the page discarded."""
         plan = plan_page(request, restriction=restriction, restriction_values=params)
         context_query = contexts_query([pinned], user_id=who.user_id, orgs=viewer.orgs, now=naive_utc(now),
-                                       hidden_for=(self.sql, who.org or ""))
+                                       hidden_for=(self.sql, who.org or "", request.resource_type))
         statements = [context_query] if plan.statement is None else [context_query, (plan.statement, plan.values)]
         context_rows, *page_rows = await execute_together(conn, statements)
         context = contexts_from_rows([pinned], context_rows)[pinned]

@@ -67,8 +67,8 @@ class PatientContext:
     consents: tuple[PatientConsent, ...] = ()
     relationships: tuple[Relationship, ...] = ()
     break_glass: bool = False
-    # Resource types of this patient's record that carry a restricting label the viewer's organisation
-    # does not own (only when asked for: `PolicySql.contexts_with_hidden`).
+    # The asked-about resource type, when this patient's record holds resources of it that carry a
+    # restricting label the viewer's organisation does not own (`load_contexts(hidden_for=…)`).
     hidden_types: frozenset[str] = frozenset()
 
 
@@ -163,6 +163,7 @@ class PolicySql:
         hidden = (select(literal("hidden"), resources.c.patient_id, resources.c.res_type, cast(null(), Text),
                          no_time, no_time, cast(null(), Text))
                   .where(resources.c.patient_id.in_(bindparam("ctx_patients", expanding=True)),
+                         resources.c.res_type == bindparam("ctx_type"),
                          resources.c.deleted.is_(False), self.restricted, ~self.owned).distinct())
         self.contexts_with_hidden = union_all(*_CONTEXTS.selects, hidden)
         self._permitted = {needs: select(resources.c.pk, resources.c.patient_id, self.holds_consent)
@@ -273,13 +274,14 @@ _CONTEXTS = _contexts_statement()
 
 async def load_contexts(
     conn: AsyncConnection, patient_ids: Iterable[str], *, user_id: str, orgs: frozenset[str], now: datetime,
-    hidden_for: tuple[PolicySql, str] | None = None,
+    hidden_for: tuple[PolicySql, str, str] | None = None,
 ) -> dict[str, PatientContext]:
     """Consents, live relationships and break-glass state of each patient, in one round trip.
 
     Relationships are returned whatever their period: `consent.decide` applies the policy's windows.
-    With `hidden_for` (the policy's SQL and the viewer's ODS code) also the types of each record that
-    carry a restricting label that organisation does not own.
+    With `hidden_for` (the policy's SQL, the viewer's ODS code and a resource type) also whether each
+    record holds resources of that type carrying a restricting label that organisation does not own
+    (`hidden_types`).
     """
     query = contexts_query(patient_ids, user_id=user_id, orgs=orgs, now=now, hidden_for=hidden_for)
     if query is None:
@@ -289,7 +291,7 @@ async def load_contexts(
 
 def contexts_query(
     patient_ids: Iterable[str], *, user_id: str, orgs: frozenset[str], now: datetime,
-    hidden_for: tuple[PolicySql, str] | None = None,
+    hidden_for: tuple[PolicySql, str, str] | None = None,
 ) -> tuple[Any, dict[str, Any]] | None:
     """The statement and values `load_contexts` runs (None when there are no patients), for a caller
     that sends it together with other statements; `contexts_from_rows` reads its rows."""
@@ -301,6 +303,7 @@ def contexts_query(
     if hidden_for is not None:
         statement = hidden_for[0].contexts_with_hidden
         values["acc_ods"] = hidden_for[1] or ""
+        values["ctx_type"] = hidden_for[2]
     return statement, values
 
 
