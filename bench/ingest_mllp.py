@@ -4,21 +4,27 @@ Method (bench/README.md says more):
 
 1. create a scratch PostgreSQL database on the server (`--database-url`, default the local one) and
    migrate it with the alembic migrations (engine.db.migrate.upgrade); dropped at the end unless --keep;
-2. start `sharedcare serve --workers 1` as a subprocess on it (HTTP and MLLP in one process), with a
+2. start `sharedcare serve --workers 1` as a subprocess on it (HTTP and MLLP in one process, plus
+   `--mllp-processes` − 1 ingest processes sharing the MLLP port: SHAREDCARE_MLLP_PROCESSES), with a
    senders file configuring the eight sending facilities used below;
 3. generate a realistic mix per sender — ~60 % ADT (A01 admit, A08 update, A03 discharge, in order
    for each patient) across `--patients` patients with valid NHS numbers from the 999 test range,
    ~40 % ORU^R01 with five OBX — each connection its own facility (MSH-4), its own patients and
-   control ids, so one patient's events arrive in order on one connection;
-4. measure, each from a separate process, for `--warmup` s unrecorded then `--duration` s recorded:
+   control ids, so one patient's events arrive in order on one connection; each scenario's streams
+   start at their own point (`SCENARIO_SEQ`), so no scenario re-sends another's events;
+4. preload the store (`--preload` s of pipelined MLLP ingest, unrecorded) and VACUUM ANALYZE it: a live
+   store is never empty and has planner statistics;
+5. measure, each from a separate process, for `--warmup` s unrecorded then `--duration` s recorded:
    a. the store-only floor: the same raw messages inserted into `hl7_messages` only — no parsing
       beyond MSH, no mapping — one commit per message, from `--senders` concurrent connections of the
       store's own engine (SQLAlchemy async, psycopg, `engine.db.database.open_database`);
    b. MLLP ingest: `--senders` connections, each waiting for its ACK before sending the next message;
    c. MLLP ingest pipelined: the same with up to `--window` messages unacknowledged per connection;
-5. print msg/s, ACK latency p50/p99, non-AA ACKs and the ratio to the floor, and whether the goal
-   (stop-and-wait MLLP ingest ≥ 1,000 msg/s) is met. With `--profile`, py-spy samples the server
-   during (b) and the hottest frames are printed.
+6. print msg/s, ACK latency p50/p99, non-AA ACKs, the ratio to the floor, and for (b) and (c) the CPU
+   time (utime + stime from /proc) per stored message of the server's processes and of the scratch
+   database's PostgreSQL backends (warm-up included on both sides of the division), the load average,
+   and whether the goal (stop-and-wait MLLP ingest ≥ 1,000 msg/s) is met. With `--profile`, py-spy
+   samples the server (and its ingest processes) during (b) and the hottest frames are printed.
 
 Run from the repository root:  .venv/bin/python bench/ingest_mllp.py [--duration 10] [--senders 8]
 """
@@ -53,6 +59,9 @@ if str(REPO) not in sys.path:
 BIN = Path(sys.executable).parent
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 GOAL = 1000.0  # msg/s, MLLP ingest with each sender waiting for its ACK
+# Where each scenario's streams start (MessageStream.seq): the preload (L), the stop-and-wait (S) and pipelined (P)
+# runs send different visits at different times rather than the same events again.
+SCENARIO_SEQ = {"T": 0, "F": 0, "L": 1_000_000, "S": 2_000_000, "P": 3_000_000}
 # Eight acute trusts (ODS codes), one per connection: the sending facility in MSH-4.
 FACILITIES = ["RR8", "RAE", "RCF", "RWY", "RXF", "RHQ", "RJL", "RFF", "RWA", "RCD", "RXR", "RTD"]
 FAMILIES = ["HUGHES", "KHAN", "SMITH", "OKAFOR", "NOWAK", "PATEL", "JONES", "WALKER", "BEGUM", "MURPHY"]
@@ -80,6 +89,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--patients", type=int, default=20_000, help="distinct patients, shared out between the senders")
     add("--database-url", default=DEFAULT_SERVER_URL,
         help="any database on the PostgreSQL server (trust auth); a scratch database is created next to it")
+    add("--preload", type=float, default=10.0, metavar="SECONDS",
+        help="before measuring MLLP ingest, ingest (pipelined, unrecorded) for this long, then VACUUM ANALYZE: "
+        "a live store is never empty and has planner statistics")
+    add("--mllp-processes", type=int, default=2,
+        help="ingest processes sharing the MLLP port (SHAREDCARE_MLLP_PROCESSES; 1 = the server process only)")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="the server's log level (info writes the one line per message that production writes)")
     add("--keep", action="store_true", help="keep the scratch database and the server log")
@@ -120,7 +134,7 @@ class MessageStream:
     admitted: dict[int, int] = field(default_factory=dict)  # patient → visit number
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(1000 + self.sender)
+        self.rng = random.Random(1000 + self.sender + self.seq)
         self.facility = FACILITIES[self.sender % len(FACILITIES)]
         self.mine = range(self.sender, self.patients, self.senders)
         self.base_time = datetime(2025, 3, 1, 8, 0)
@@ -270,6 +284,7 @@ class Spec:
     tag: str
     warmup: float
     duration: float
+    first_seq: int = 0  # where the stream starts: scenarios send different events (visits, times, choices)
 
 
 def mllp_load(host: str, port: int, window: int, spec: Spec, results: Any) -> None:
@@ -295,7 +310,7 @@ async def _mllp_load(host: str, port: int, window: int, spec: Spec) -> Result:
         reader, writer = await asyncio.open_connection(host, port)
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        stream = MessageStream(k, spec.senders, spec.patients, spec.tag)
+        stream = MessageStream(k, spec.senders, spec.patients, spec.tag, seq=spec.first_seq)
         slots = asyncio.Semaphore(window)
         sent: collections.deque[tuple[float, str]] = collections.deque()
         decoder = FrameDecoder()
@@ -370,7 +385,7 @@ async def _floor_load(db_url: str, spec: Spec) -> Result:
     statement = insert(hl7_messages)
 
     async def connection(k: int) -> None:
-        stream = MessageStream(k, spec.senders, spec.patients, spec.tag)
+        stream = MessageStream(k, spec.senders, spec.patients, spec.tag, seq=spec.first_seq)
         while loop.time() < record_until:
             kind, raw = next(stream)
             at = loop.time()
@@ -454,6 +469,13 @@ def drop_database(server_url: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def vacuum_analyze(db_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+
+
 def store_summary(db_url: str) -> dict[str, Any]:
     """What the store holds after the run: messages by status/ACK code, resources by type, error reasons."""
     import psycopg
@@ -512,11 +534,12 @@ class Server:
                 self.process.wait(5)
 
 
-def start_server(db_url: str, workdir: Path, senders: int, log_level: str) -> Server:
+def start_server(db_url: str, workdir: Path, senders: int, log_level: str, processes: int = 1) -> Server:
     http_port, mllp_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHAREDCARE_")}
     env.update(SHAREDCARE_DATABASE_URL=db_url, SHAREDCARE_HOME=str(workdir / "home"),
                SHAREDCARE_HTTP_PORT=str(http_port), SHAREDCARE_MLLP_PORT=str(mllp_port),
+               SHAREDCARE_MLLP_PROCESSES=str(processes),
                SHAREDCARE_SENDERS_FILE=str(senders_file(workdir / "senders.json", senders)))
     log = workdir / "sharedcare.log"
     with log.open("wb") as out:
@@ -525,12 +548,55 @@ def start_server(db_url: str, workdir: Path, senders: int, log_level: str) -> Se
     return Server(process, http_port, mllp_port, log)
 
 
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (utime + stime, /proc/PID/stat) of `pid` and every process descended from it."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    tree, total = {pid}, 0.0
+    for _ in range(4):  # children of children: a few levels are plenty
+        tree |= {child for child, (parent, _) in stats.items() if parent in tree}
+    for member in tree:
+        total += stats.get(member, (0, 0.0))[1]
+    return total
+
+
+def database_cpu(name: str) -> float:
+    """CPU seconds of the PostgreSQL backends serving database `name` (their command line names it)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f" {name} ".encode() not in (entry / "cmdline").read_bytes():
+                continue
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def stored_mllp_messages(db_url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        return int(conn.execute("SELECT count(*) FROM hl7_messages WHERE transport = 'mllp'").fetchone()[0])  # type: ignore[index]
+
+
 def start_profiler(pid: int, seconds: float, path: Path) -> subprocess.Popen[bytes] | None:
     py_spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
     if py_spy is None:
         return None
     return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-                             "--format", "raw", "--output", str(path), "--rate", "200", "--nonblocking"],
+                             "--format", "raw", "--output", str(path), "--rate", "200", "--nonblocking", "--subprocesses"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -575,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     server: Server | None = None
     profile: list[tuple[str, float, float]] = []
     summary: dict[str, Any] = {}
+    cpu_ms: dict[str, float] = {}  # the server's processes, per message stored
+    db_cpu_ms: dict[str, float] = {}  # the PostgreSQL backends of the scratch database, per message stored
     try:
         console.print(f"scratch database {name}; migrating")
         upgrade(db_url)
@@ -586,8 +654,13 @@ def main(argv: list[str] | None = None) -> int:
         if "floor" in only:
             console.print(f"measuring the store-only floor ({args.warmup:g} s warm-up + {args.duration:g} s)")
             results["floor"] = run_in_process(floor_load, db_url, _tagged(spec, "F"))
-        server = start_server(db_url, workdir, args.senders, args.log_level)
+        server = start_server(db_url, workdir, args.senders, args.log_level, args.mllp_processes)
         server.wait_ready()
+        if args.preload > 0 and only & {"mllp", "pipelined"}:
+            console.print(f"preloading the store: {args.preload:g} s of pipelined MLLP ingest, then VACUUM ANALYZE")
+            run_in_process(mllp_load, "127.0.0.1", server.mllp_port, args.window,
+                           _tagged(Spec(args.senders, args.patients, "", 0.0, args.preload), "L"))
+            vacuum_analyze(db_url)
         for key, window, tag in (("mllp", 1, "S"), ("pipelined", args.window, "P")):
             if key not in only:
                 continue
@@ -598,7 +671,13 @@ def main(argv: list[str] | None = None) -> int:
                 profiler = start_profiler(server.process.pid, args.duration, args.profile)
                 if profiler is None:
                     problems.append("py-spy not found (.venv/bin/pip install py-spy): no profile")
+            cpu_before, stored_before = process_tree_cpu(server.process.pid), stored_mllp_messages(db_url)
+            db_before = database_cpu(name)
             results[key] = run_in_process(mllp_load, "127.0.0.1", server.mllp_port, window, _tagged(spec, tag))
+            stored = stored_mllp_messages(db_url) - stored_before
+            if stored:  # warm-up included on both sides: CPU of the server's processes per message they stored
+                cpu_ms[key] = 1000 * (process_tree_cpu(server.process.pid) - cpu_before) / stored
+                db_cpu_ms[key] = 1000 * (database_cpu(name) - db_before) / stored
             if profiler is not None:
                 _, err = profiler.communicate(timeout=60)
                 if profiler.returncode == 0 and args.profile.exists():
@@ -617,8 +696,10 @@ def main(argv: list[str] | None = None) -> int:
 
     floor = results.get("floor")
     table = Table(title=f"sharedcare HL7 v2 ingest over MLLP — PostgreSQL {summary.get('version', '?')}, "
-                  f"{args.senders} senders, {args.duration:g} s per run, {os.cpu_count()} cores")
-    for column in ("scenario", "msg/s", "p50 ms", "p99 ms", "non-AA", "÷ floor"):
+                  f"{args.senders} senders, {args.mllp_processes} ingest process(es), {args.duration:g} s per run, "
+                  f"{os.cpu_count()} cores, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    for column in ("scenario", "msg/s", "p50 ms", "p99 ms", "non-AA", "÷ floor", "server CPU ms/msg",
+                   "PostgreSQL CPU ms/msg"):
         table.add_column(column, justify="left" if column == "scenario" else "right")
     labels = {
         "transport": f"MLLP listener alone: ingest replaced by a canned AA, {args.senders} senders, wait for ACK",
@@ -629,11 +710,12 @@ def main(argv: list[str] | None = None) -> int:
     for key, label in labels.items():
         result = results.get(key)
         if result is None:
-            table.add_row(label, "not measured", "", "", "", "")
+            table.add_row(label, "not measured", "", "", "", "", "", "")
             continue
         ratio = f"{result.rate / floor.rate:.0%}" if floor and floor.rate and key in ("mllp", "pipelined") else ""
         table.add_row(label, f"{result.rate:,.0f}", f"{result.percentile(50):.2f}", f"{result.percentile(99):.2f}",
-                      str(result.non_aa) if key != "floor" else "", ratio)
+                      str(result.non_aa) if key != "floor" else "", ratio,
+                      f"{cpu_ms[key]:.2f}" if key in cpu_ms else "", f"{db_cpu_ms[key]:.2f}" if key in db_cpu_ms else "")
         problems += [f"{key}: {e}" for e in result.errors]
     out.print(table)
     mix = collections.Counter()
@@ -681,7 +763,9 @@ def measure_transport(workdir: Path, log_level: str, spec: Spec) -> Result:
 
 
 def _tagged(spec: Spec, prefix: str) -> Spec:
-    return Spec(spec.senders, spec.patients, f"{prefix}{os.getpid() % 10000}-", spec.warmup, spec.duration)
+    """The spec for one scenario: its own control ids and its own events (a stream starting elsewhere)."""
+    return Spec(spec.senders, spec.patients, f"{prefix}{os.getpid() % 10000}-", spec.warmup, spec.duration,
+                first_seq=SCENARIO_SEQ[prefix])
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from adapters.hl7v2.framing import FrameDecoder, FramingError, frame
 from engine.ingest.pipeline import IngestUnavailable
+from engine.ingest.worker_processes import start_workers, stop_workers
 from engine.observability import REGISTRY
 
 log = logging.getLogger("sharedcare.mllp")
@@ -81,6 +82,8 @@ class MllpConfig:
     max_connections: int = 1000
     shutdown_grace: float = 30.0  # seconds for connections to finish their received messages on stop()
     handshake_timeout: float = 10.0
+    processes: int = 1  # ingest processes sharing the port (engine/ingest/worker_processes.py)
+    reuse_port: bool = False  # bind with SO_REUSEPORT (always when processes > 1)
 
 
 def mllp_config_from_env(port: int, environ: Mapping[str, str] | None = None) -> MllpConfig:
@@ -106,6 +109,7 @@ def mllp_config_from_env(port: int, environ: Mapping[str, str] | None = None) ->
         max_in_flight=int(get("SHAREDCARE_MLLP_MAX_IN_FLIGHT", "32")),
         max_connections=int(get("SHAREDCARE_MLLP_MAX_CONNECTIONS", "1000")),
         shutdown_grace=float(get("SHAREDCARE_MLLP_SHUTDOWN_GRACE", "30")),
+        processes=max(1, int(get("SHAREDCARE_MLLP_PROCESSES", "1"))),
     )
 
 
@@ -134,6 +138,7 @@ class MllpServer:
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._ids = itertools.count(1)
         self._stopping = False
+        self._workers: list[Any] = []
 
     @property
     def port(self) -> int:
@@ -146,11 +151,15 @@ class MllpServer:
         self._server = await asyncio.start_server(
             self._accept, self.config.host, self.config.port, ssl=self.config.ssl_context,
             ssl_handshake_timeout=self.config.handshake_timeout if self.config.ssl_context else None,
-            limit=_READ_CHUNK, reuse_address=True,
+            limit=_READ_CHUNK, reuse_address=True, reuse_port=self.config.reuse_port or self.config.processes > 1,
         )
+        if self.config.processes > 1:  # the others bind the same port (SO_REUSEPORT) in processes of their own
+            self._workers = await asyncio.to_thread(start_workers, self.config.processes - 1, self.port,
+                                                    log.getEffectiveLevel())
         log.info("mllp listening", extra={"fields": {
             "host": self.config.host, "port": self.port, "tls": self.config.ssl_context is not None,
             "mutual_tls": bool(self.config.ssl_context and self.config.ssl_context.verify_mode == ssl.CERT_REQUIRED),
+            "processes": 1 + len(self._workers),
         }})
 
     async def stop(self, grace: float | None = None) -> None:
@@ -163,6 +172,9 @@ class MllpServer:
             self._server.close()
         for connection in list(self._connections.values()):
             connection.stop_reading()
+        stopping_workers = None
+        if self._workers:
+            stopping_workers = asyncio.create_task(asyncio.to_thread(stop_workers, self._workers, grace))
         tasks = list(self._connections)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
@@ -171,6 +183,9 @@ class MllpServer:
             if pending:
                 log.warning("mllp shutdown grace expired", extra={"fields": {"connections": len(pending)}})
                 await asyncio.gather(*pending, return_exceptions=True)
+        if stopping_workers is not None:
+            await stopping_workers
+            self._workers = []
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

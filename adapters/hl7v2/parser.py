@@ -207,7 +207,7 @@ _EMPTY_FIELD = Field("")
 class Segment:
     """One segment, with HL7 field numbering (for MSH, MSH-1 is the field separator itself)."""
 
-    __slots__ = ("_parts", "encoding", "name", "occurrence", "raw")
+    __slots__ = ("_parts", "_repetitions", "encoding", "name", "occurrence", "raw")
 
     def __init__(self, name: str, occurrence: int, raw: str, encoding: Encoding) -> None:
         self.name = name
@@ -215,6 +215,8 @@ class Segment:
         self.raw = raw
         self.encoding = encoding
         self._parts: list[str] | None = None
+        # Fields split once: a map reads the same field several times, and a Field decodes itself once.
+        self._repetitions: dict[int, tuple[Field, ...]] = {}
 
     def _fields(self) -> list[str]:
         # parts[n] is field n for every segment: for MSH, parts[1] is MSH-1 (the separator).
@@ -240,13 +242,19 @@ class Segment:
 
     def repetitions(self, field: int) -> list[Field]:
         """Every repetition of field `field`; [] if the field is empty."""
+        found = self._repetitions.get(field)
+        if found is None:
+            found = self._repetitions[field] = self._split(field)
+        return list(found)
+
+    def _split(self, field: int) -> tuple[Field, ...]:
         raw = self.raw_field(field)
         if not raw:
-            return []
+            return ()
         enc = self.encoding
         if self.name in _HEADERS and field <= 2:
-            return [Field(raw, _LITERAL)]
-        return [Field(r, enc) for r in raw.split(enc.repetition)]
+            return (Field(raw, _LITERAL),)
+        return tuple(Field(r, enc) for r in raw.split(enc.repetition))
 
     def field(self, n: int) -> Field:
         """The first repetition of field `n` (an empty Field if absent)."""

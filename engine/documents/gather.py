@@ -9,7 +9,7 @@ itself storing a discharge document while it ingests an A03 — storing, not dis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from engine import outcomes
 from engine.access import AccessGate
 from engine.auth import Principal
-from engine.db import repository
 from engine.documents.definitions import DocumentDefinition
 from engine.documents.elements import JSON, codes_of, reference_target
 from engine.documents.selection import gp_practice_references
+from engine.ingest.apply import Current, read_current, read_patient_resources
 from engine.outcomes import FhirError
 from engine.search.params import SearchRequest, parse_search
 from engine.search.query import search
@@ -90,39 +90,64 @@ class GateReader:
 
 
 class StoreReader:
-    """Reads the store directly inside an open transaction (the engine's own writers)."""
+    """Reads the store directly inside an open transaction (the engine's own writers).
+
+    Reads are batched and remembered for the life of the reader (one transaction): `read_many` is
+    one query whatever the number of ids, `prefetch_compartment` reads several types of a patient's
+    compartment in one query for later `compartment` calls, and a resource read once is not read
+    again — so the discharge hook and the document it issues share their reads. The reads are
+    engine.ingest.apply's (on PostgreSQL, prepared statements on the driver connection).
+    """
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
+        self._rows: dict[tuple[str, str], Current | None] = {}
+        self._compartments: dict[str, tuple[frozenset[str], list[JSON]]] = {}
 
     async def read(self, res_type: str, res_id: str) -> JSON:
-        stored = await repository.read(self.conn, res_type, res_id)
+        await self.prefetch([(res_type, res_id)])
+        stored = self._rows[(res_type, res_id)]
         if stored is None:
             raise outcomes.not_found(res_type, res_id)
         if stored.deleted or stored.content is None:
             raise outcomes.gone(res_type, res_id, stored.version_id)
-        return orjson.loads(stored.content)
+        return stored.content
+
+    async def get(self, res_type: str, res_id: str) -> JSON | None:
+        """The current resource, or None (never stored, or deleted)."""
+        await self.prefetch([(res_type, res_id)])
+        stored = self._rows[(res_type, res_id)]
+        return stored.content if stored is not None and not stored.deleted else None
 
     async def read_many(self, res_type: str, ids: Sequence[str]) -> list[JSON]:
-        found = []
-        for res_id in dict.fromkeys(ids):
-            stored = await repository.read(self.conn, res_type, res_id)
-            if stored is not None and stored.content and not stored.deleted:
-                found.append(orjson.loads(stored.content))
-        return found
+        keys = [(res_type, res_id) for res_id in dict.fromkeys(ids)]
+        await self.prefetch(keys)
+        found = [self._rows.get(key) for key in keys]
+        return [s.content for s in found if s is not None and s.content is not None and not s.deleted]
+
+    async def prefetch(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Read the (type, id) pairs not read yet, in one query."""
+        missing = {key for key in keys if key not in self._rows}
+        if missing:
+            found = await read_current(self.conn, missing)
+            self._rows.update((key, found.get(key)) for key in missing)
+
+    async def prefetch_compartment(self, patient_id: str, types: Iterable[str]) -> None:
+        """Read the patient's live resources of `types` (by pk) in one query, for `compartment`."""
+        wanted = frozenset(types)
+        if wanted:
+            rows = await read_patient_resources(self.conn, patient_id, wanted)
+            self._compartments[patient_id] = (wanted, [row.content for row in rows if row.content is not None])
 
     async def compartment(self, patient_id: str, types: Sequence[str]) -> list[JSON]:
         if not types:
             return []
-        found: list[JSON] = []
-        after: int | None = None
-        while True:
-            page, after = await repository.compartment_page(
-                self.conn, patient_id, types=types, since=None, count=PAGE, after_pk=after, snapshot_pk=None
-            )
-            found.extend(orjson.loads(s.content) for s in page if s.content)
-            if after is None:
-                return found
+        fetched = self._compartments.get(patient_id)
+        if fetched is None or not set(types) <= fetched[0]:
+            await self.prefetch_compartment(patient_id, types)
+            fetched = self._compartments[patient_id]
+        wanted = set(types)
+        return [resource for resource in fetched[1] if resource.get("resourceType") in wanted]
 
     async def by_identifier(self, res_type: str, system: str, value: str) -> JSON | None:
         page = await search(self.conn, _identifier_search(res_type, system, value))

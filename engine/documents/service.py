@@ -17,7 +17,7 @@ type, so a reissue makes a new version of it pointing at the new Bundle.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,7 +30,7 @@ from engine.access import CREATE, UPDATE, AccessGate
 from engine.auth import Principal
 from engine.db import repository
 from engine.db.database import Database
-from engine.db.repository import Stored
+from engine.db.repository import Stored, stamp
 from engine.documents.build import build_document, document_reference, strictest_labels, with_labels
 from engine.documents.definitions import DocumentDefinition, definitions, document_types
 from engine.documents.elements import JSON, identifier_value, reference_target
@@ -43,12 +43,13 @@ from engine.documents.gather import (
     gather,
     user_author,
 )
+from engine.documents.keys import DOCUMENT_NAMESPACE, reference_id_for
 from engine.documents.receive import document_problem, match_definition, missing_headings, unsafe_narratives
 from engine.fhir import writes
+from engine.ingest.apply import Change, Current, comparable, read_current
+from engine.ingest.store import write_changes
 from engine.outcomes import FhirError, OutcomeIssue
 
-# uuid5 namespace for DocumentReference ids (one per encounter and document type).
-DOCUMENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://sharedcare.dev/documents")
 NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
 Prepare = Callable[[JSON], JSON]
 
@@ -75,11 +76,6 @@ def definition_for(doc_type: str) -> DocumentDefinition:
     return found
 
 
-def reference_id_for(encounter_id: str, doc_type: str) -> str:
-    """The DocumentReference id of `doc_type` for an encounter: the same at every reissue."""
-    return str(uuid.uuid5(DOCUMENT_NAMESPACE, f"Encounter/{encounter_id}|{doc_type}"))
-
-
 # -- issuing ---------------------------------------------------------------------------------------
 
 
@@ -103,20 +99,70 @@ async def issue_document(
 
 async def issue_discharge_document(
     conn: AsyncConnection, encounter_id: str, doc_type: str, *, now: datetime, base_url: str | None = None,
-    document_id: str | None = None,
+    document_id: str | None = None, reader: StoreReader | None = None,
 ) -> IssuedDocument:
     """Issue `doc_type` for an encounter inside the caller's open write transaction (`Database.write()`).
 
     For the engine's own writers (an A03 discharge being ingested): reads the store directly, with no
     principal, and writes with the caller's connection, so the document commits or rolls back with
-    the message. `base_url` defaults to the configured SHAREDCARE_BASE_URL.
+    the message. `base_url` defaults to the configured SHAREDCARE_BASE_URL; `reader` may bring reads
+    the caller made already (the discharge hook's). The Bundle, Composition and DocumentReference are
+    written by one batched statement (engine.ingest.store.write_changes).
     """
-    definition = definition_for(doc_type)
-    reader = StoreReader(conn)
-    bundle = await _built(reader, definition, encounter_id, who=None, now=now,
-                          base_url=base_url or _configured_base_url(), document_id=document_id)
-    issued, _ = await _store(conn, bundle, reference_id_for(encounter_id, doc_type), now)
+    issued, _ = await issue_discharge_changes(conn, encounter_id, doc_type, now=now, base_url=base_url,
+                                              document_id=document_id, reader=reader, write=True)
     return issued
+
+
+async def issue_discharge_changes(
+    conn: AsyncConnection, encounter_id: str, doc_type: str, *, now: datetime, base_url: str | None = None,
+    document_id: str | None = None, reader: StoreReader | None = None, write: bool = False,
+    currents: Mapping[tuple[str, str], Current] | None = None,
+) -> tuple[IssuedDocument, list[Change]]:
+    """`issue_discharge_document`, with the writes returned as changes instead of written unless `write`:
+    the caller may write them together with its own (the discharge hook writes the Tasks with them).
+    `currents` may hold the stored DocumentReference (`engine.ingest.apply.read_current`), read already."""
+    definition = definition_for(doc_type)
+    bundle = await _built(reader or StoreReader(conn), definition, encounter_id, who=None, now=now,
+                          base_url=base_url or _configured_base_url(), document_id=document_id)
+    key = ("DocumentReference", reference_id_for(encounter_id, doc_type))
+    if currents is None or key not in currents:
+        currents = await read_current(conn, [key])
+    changes = document_changes(bundle, key[1], currents.get(key), now)
+    if write:
+        await write_changes(conn, changes, now)
+    return _issued(bundle, key[1], changes, currents.get(key), now), changes
+
+
+def document_changes(bundle: JSON, reference_id: str, current: Current | None, now: datetime) -> list[Change]:
+    """What storing a document writes (module docstring): the Bundle and its Composition (new), and the
+    DocumentReference (a new version, unless it would say nothing new: repository.update's rule)."""
+    composition = {**bundle["entry"][0]["resource"], "id": bundle["id"]}
+    docref = document_reference(bundle, reference_id=reference_id, now=now, composition_id=bundle["id"])
+    changes = [Change(bundle, None, track_source=False), Change(composition, None, track_source=False)]
+    if current is None or current.deleted or current.content is None or comparable(current.content) != docref:
+        changes.append(Change(docref, current, track_source=False))
+    return changes
+
+
+def _issued(bundle: JSON, reference_id: str, changes: list[Change], current: Current | None,
+            now: datetime) -> IssuedDocument:
+    """The IssuedDocument of `changes`, with the stored forms (meta stamped) of the Bundle and reference."""
+    written = {c.key: c for c in changes}
+    reference = written.get(("DocumentReference", reference_id))
+    if reference is not None:
+        version = reference.version_id
+        reference_json = _stored_json(reference, now)
+    else:
+        version = current.version_id if current is not None else 0
+        reference_json = orjson.dumps(current.content).decode() if current is not None and current.content else ""
+    return IssuedDocument(bundle["id"], bundle["id"], reference_id, version,
+                          _stored_json(written[("Bundle", bundle["id"])], now), reference_json)
+
+
+def _stored_json(change: Change, now: datetime) -> str:
+    moment = now if change.current is None else max(now, change.current.last_updated)
+    return orjson.dumps(stamp(change.document, change.key[1], change.version_id, moment)).decode()
 
 
 async def _built(

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, bindparam, cast, null, select, tuple_, union_all
+from sqlalchemy import Text, bindparam, cast, null, select, text, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.vocabulary import owner_tag
@@ -34,7 +34,7 @@ from engine.auth import system_principal
 from engine.db.ingest_schema import resource_sources
 from engine.db.repository import format_instant
 from engine.db.schema import idx_token, resources
-from engine.ingest import identity
+from engine.ingest import identity, postgres
 from engine.nhs_number import NHS_NUMBER_SYSTEM
 from engine.search.extract import patient_compartment
 from engine.search.registry import SUPPORTED_TYPES
@@ -141,8 +141,36 @@ async def read_current(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -
     wanted = sorted(set(keys))
     if not wanted:
         return {}
-    rows = (await conn.execute(_READ_CURRENT, {"keys": wanted})).all()
+    if conn.dialect.name == "postgresql":
+        rows = await postgres.fetch_all(conn, _PG_READ_CURRENT, _pg_keys(wanted))
+    else:
+        rows = (await conn.execute(_READ_CURRENT, {"keys": wanted})).all()
     return {(row.res_type, row.res_id): _current(row) for row in rows}
+
+
+# PostgreSQL: the keys and codes as arrays, so that the statement's text is the same for every message and
+# psycopg prepares it once per connection (an expanding IN list is a new statement for every length).
+_PG_CURRENT = ("SELECT r.pk, r.res_type, r.res_id, r.version_id, r.last_updated, r.deleted,"
+               " CAST(r.content AS TEXT) AS content, s.event_time")
+_PG_BY_KEYS = (" FROM unnest(CAST(:types AS text[]), CAST(:ids AS text[])) AS k(res_type, res_id)"
+               " JOIN resources AS r ON r.res_type = k.res_type AND r.res_id = k.res_id"
+               " LEFT JOIN resource_sources AS s ON s.res_pk = r.pk")
+_PG_READ_CURRENT = text(_PG_CURRENT + _PG_BY_KEYS)
+_PG_READ_STATE = text(
+    _PG_CURRENT + ", CAST(NULL AS text) AS system, CAST(NULL AS text) AS code" + _PG_BY_KEYS
+    # One index probe per identifier, on (res_type, param, code, system). With `code = ANY(…)` or a plain join
+    # the planner may instead read every Patient identifier and filter (seen while a table's statistics are
+    # young), at a cost that grows with the number of patients: LATERAL with OFFSET 0 keeps the probe apart.
+    + " UNION ALL " + _PG_CURRENT + ", t.system, t.code"
+    " FROM unnest(CAST(:systems AS text[]), CAST(:codes AS text[])) AS c(system, code)"
+    " CROSS JOIN LATERAL (SELECT i.res_pk, i.system, i.code FROM idx_token AS i WHERE i.res_type = 'Patient'"
+    " AND i.param = 'identifier' AND i.code = c.code AND i.system = c.system OFFSET 0) AS t"
+    " JOIN resources AS r ON r.pk = t.res_pk LEFT JOIN resource_sources AS s ON s.res_pk = r.pk WHERE NOT r.deleted"
+)
+
+
+def _pg_keys(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    return {"types": [t for t, _ in keys], "ids": [i for _, i in keys]}
 
 
 _IDENTITY_CANDIDATES = (
@@ -159,13 +187,20 @@ _READ_STATE = union_all(
 
 
 async def read_state(conn: AsyncConnection, keys: Iterable[tuple[str, str]],
-                     codes: Sequence[str]) -> tuple[dict[tuple[str, str], Current], list[Any]]:
-    """In one query: the stored rows of `keys`, and the Patients with an identifier value in `codes`.
+                     identifiers: Sequence[tuple[str, str]]) -> tuple[dict[tuple[str, str], Current], list[Any]]:
+    """In one query: the stored rows of `keys`, and the Patients with one of `identifiers` (system, value).
 
     Returns the current rows by (type, id), and the candidate rows (with `system` and `code`) for
     `identity.match_rows`.
     """
-    rows = (await conn.execute(_READ_STATE, {"keys": sorted(set(keys)), "codes": list(codes)})).all()
+    wanted = sorted(set(keys))
+    if conn.dialect.name == "postgresql":
+        rows = await postgres.fetch_all(conn, _PG_READ_STATE, {
+            **_pg_keys(wanted), "systems": [system for system, _ in identifiers],
+            "codes": [code for _, code in identifiers]})
+    else:
+        codes = sorted({code for _, code in identifiers})
+        rows = (await conn.execute(_READ_STATE, {"keys": wanted, "codes": codes})).all()
     currents = {(r.res_type, r.res_id): _current(r) for r in rows if r.system is None}
     candidates = [r for r in rows if r.system is not None]
     for row in candidates:  # a matched Patient replaces the mapped one: its row is here already
@@ -182,6 +217,28 @@ async def read_compartment(conn: AsyncConnection, patient_id: str) -> list[Curre
         .order_by(resources.c.pk)
     )
     return [_current(row) for row in (await conn.execute(query)).all()]
+
+
+async def read_patient_resources(conn: AsyncConnection, patient_id: str, types: Iterable[str]) -> list[Current]:
+    """The live resources of `types` in `patient_id`'s compartment, by pk (oldest first), in one query."""
+    wanted = sorted(set(types))
+    if not wanted:
+        return []
+    if conn.dialect.name == "postgresql":
+        rows = await postgres.fetch_all(conn, _PG_PATIENT_RESOURCES, {"patient": patient_id, "types": wanted})
+    else:
+        query = (select(*_CURRENT_COLUMNS).select_from(_CURRENT_FROM)
+                 .where(resources.c.patient_id == patient_id, resources.c.deleted.is_(False),
+                        resources.c.res_type.in_(wanted))
+                 .order_by(resources.c.pk))
+        rows = list((await conn.execute(query)).all())
+    return [_current(row) for row in rows]
+
+
+_PG_PATIENT_RESOURCES = text(
+    _PG_CURRENT + " FROM resources AS r LEFT JOIN resource_sources AS s ON s.res_pk = r.pk WHERE r.patient_id = :patient"
+    " AND NOT r.deleted AND r.res_type = ANY(CAST(:types AS text[])) ORDER BY r.pk"
+)
 
 
 # -- planning ---------------------------------------------------------------------------------------------
@@ -268,9 +325,9 @@ async def prepare(conn: AsyncConnection, result: MappingResult, *, event_time: d
     supersedes = [a.detail for a in result.actions if a.kind == "supersede" and isinstance(a.detail, Supersede)]
     wanted = ({(d["resourceType"], d["id"]) for d in documents} | set(extra_keys)
               | {(s.resource_type, s.resource_id) for s in supersedes})
-    codes = sorted({value for _, value in identity.key_identifiers(survivor_key)}) if result.patient_id else []
-    currents, candidates = await read_state(conn, wanted, codes)
-    if codes and survivor_key is not None:
+    identifiers = sorted(set(identity.key_identifiers(survivor_key))) if result.patient_id else []
+    currents, candidates = await read_state(conn, wanted, identifiers)
+    if identifiers and survivor_key is not None:
         match = await identity.match_rows(conn, survivor_key, candidates)
         if match is not None:
             identity.check_same_person(match, survivor_key)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+import psycopg
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -67,6 +68,7 @@ TRANSIENT_CODES = frozenset({APPLICATION_RECORD_LOCKED, APPLICATION_INTERNAL_ERR
 _STATUS = {"AA": PROCESSED, "AE": ERROR, "AR": REJECTED}
 _RETRY_SQLSTATES = frozenset({"23505", "40001", "40P01", "55P03"})
 _RETRY_SQLITE = ("unique constraint failed", "database is locked")
+_UNREACHABLE = (OperationalError, psycopg.OperationalError)  # through SQLAlchemy, or on the driver connection
 
 
 @dataclass
@@ -178,6 +180,8 @@ def retryable(exc: BaseException) -> bool:
     """A collision with a concurrent writer (unique key, deadlock, serialisation, lock): try again."""
     if isinstance(exc, store.ConcurrentChange):
         return True
+    if isinstance(exc, psycopg.Error):  # a statement run on the driver's connection (engine/ingest/postgres.py)
+        return exc.sqlstate in _RETRY_SQLSTATES
     if isinstance(exc, DBAPIError):
         sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         if sqlstate in _RETRY_SQLSTATES:
@@ -236,7 +240,7 @@ class _Job:
                     return await self.failed(message, error, "AE")
                 # A database that cannot be reached is not a bug: one line, no traceback.
                 log.error("applying failed: %s %s from %s: %s", message.message_type, message.control_id,
-                          sender.ods_code, type(exc).__name__, exc_info=not isinstance(exc, OperationalError))
+                          sender.ods_code, type(exc).__name__, exc_info=not isinstance(exc, _UNREACHABLE))
                 return await self.failed(message, _internal("The message could not be stored; "
                                                             "it is queued for replay"), "AE")
         raise AssertionError("unreachable")

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from engine.db.ingest_schema import hl7_messages, resource_sources
 from engine.db.repository import stamp
 from engine.db.schema import INDEX_TABLES, resource_versions, resources
+from engine.ingest import postgres
 from engine.ingest.apply import Change, Current
 from engine.search.extract import extract_index, patient_compartment
 from mappings.result import ErrorLocation
@@ -155,7 +156,7 @@ _LOCK_AND_RESERVE = text(
 
 async def lock_and_reserve(conn: AsyncConnection, lock_keys: Sequence[int]) -> int:
     """PostgreSQL: take the advisory locks `lock_keys` for this transaction and reserve a message id."""
-    row = (await conn.execute(_LOCK_AND_RESERVE, {"keys": sorted(set(lock_keys))})).one()
+    row = await postgres.fetch_one(conn, _LOCK_AND_RESERVE, {"keys": sorted(set(lock_keys))})
     return int(row[0])
 
 
@@ -223,6 +224,7 @@ class Written:
     res_id: str
     version_id: int
     created: bool
+    document: dict[str, Any] = field(default_factory=dict, compare=False)  # as stored (meta stamped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +338,7 @@ async def _write_generic(conn: AsyncConnection, versions: list[_Version]) -> lis
             for row in rows:
                 row["res_pk"] = pks[(row["res_type"], row.pop("res_id"))]
             await conn.execute(insert(INDEX_TABLES[kind]), rows)
-    return [Written(pks[(v.res_type, v.res_id)], v.res_type, v.res_id, v.version_id, v.current is None)
+    return [Written(pks[(v.res_type, v.res_id)], v.res_type, v.res_id, v.version_id, v.current is None, v.document)
             for v in versions]
 
 
@@ -430,10 +432,10 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[_Version], sou
     index = _index_rows(versions)
     params.update((f"idx_{kind}", _json(index.get(kind, []))) for kind in INDEX_TABLES)
     if message is None:
-        updated, created = (await conn.execute(_PG_WRITE, params)).one()
+        updated, created = await postgres.fetch_one(conn, _PG_WRITE, params)
     else:
         params["message"] = Jsonb({**_row(message[1]), "attempts": 1, "id": message[0]}, dumps=_orjson_text)
-        updated, created, stored = (await conn.execute(_PG_WRITE_WITH_MESSAGE, params)).one()
+        updated, created, stored = await postgres.fetch_one(conn, _PG_WRITE_WITH_MESSAGE, params)
         if stored is None:
             raise DuplicateMessage(message[1].control_id)
     if updated != len(updates):
@@ -441,7 +443,7 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[_Version], sou
     pks = {(t, i): pk for t, i, pk in created or ()}
     pks.update(((u_type, u_id), pk) for (u_type, u_id), pk in
                (((v.res_type, v.res_id), v.current.pk) for v in versions if v.current is not None))
-    return [Written(pks[(v.res_type, v.res_id)], v.res_type, v.res_id, v.version_id, v.current is None)
+    return [Written(pks[(v.res_type, v.res_id)], v.res_type, v.res_id, v.version_id, v.current is None, v.document)
             for v in versions]
 
 

@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine.db import repository
+from engine.documents.definitions import definitions
+from engine.documents.gather import StoreReader, named_parties
+from engine.documents.keys import reference_id_for
+from engine.documents.service import issue_discharge_changes, issue_discharge_document
+from engine.ingest.apply import Change, Current, read_current
+from engine.ingest.store import write_changes
 from engine.transfers import receivers as rx
 from engine.transfers import store
 from engine.transfers.config import TransfersConfig, process_config
-from engine.transfers.tasks import DocumentRefs, build_task
+from engine.transfers.tasks import DocumentRefs, build_task, task_id
 
 if TYPE_CHECKING:
     from adapters.hl7v2.parser import Message
@@ -65,53 +69,87 @@ def document_issuer() -> DocumentIssuer | None:
 async def raise_transfers(conn: AsyncConnection, encounter_id: str, hospital: rx.OrgRef, *, trigger: str,
                           now: datetime, config: TransfersConfig | None = None,
                           issuer: DocumentIssuer | None = None) -> list[str]:
-    """Document, Tasks and notifications for the discharge that finished `encounter_id`."""
+    """Document, Tasks and notifications for the discharge that finished `encounter_id`.
+
+    Reads are batched through one `StoreReader` that the document shares; the document and the new
+    Tasks are written by one statement (engine.ingest.store.write_changes), then their notifications.
+    """
     config = config or process_config()
-    encounter = await store.read_resource(conn, "Encounter", encounter_id)
+    reader = StoreReader(conn)
+    encounter = await reader.get("Encounter", encounter_id)
     if encounter is None or not rx.is_inpatient_discharge(trigger, encounter):
         return []
     patient_id = rx.reference_id(encounter.get("subject"), "Patient")
-    patient = await store.read_resource(conn, "Patient", patient_id) if patient_id else None
+    patient = await reader.get("Patient", patient_id) if patient_id else None
     if patient is None or patient_id is None:
         return []
-    receivers = await _receivers(conn, patient, encounter, hospital, config)
-    document = await _issue_document(conn, encounter_id, config, issuer, now)
-    created = []
-    for receiver in receivers:
-        task = build_task(encounter_id=encounter_id, patient_id=patient_id, receiver=receiver, requester=hospital,
-                          document=document, now=now)
-        if await repository.read(conn, "Task", task["id"]) is not None:
-            continue  # a re-sent discharge: the transfer exists, and may have moved on
-        stored = await repository.create(conn, task, now=now, res_id=task["id"])
-        await store.enqueue(conn, orjson.loads(stored.content or "{}"), store.TASK_REQUESTED, now)
-        created.append(task["id"])
+    receivers = await _receivers(reader, patient, encounter, hospital, config)
+    # The stored Tasks (a re-sent discharge has them) and DocumentReference, in one query.
+    stored = await read_current(conn, [*(("Task", task_id(encounter_id, r)) for r in receivers),
+                                       ("DocumentReference", reference_id_for(encounter_id, config.document_type))])
+    document, changes = await _issue_document(conn, reader, encounter_id, config, issuer, now, stored)
+    tasks = [build_task(encounter_id=encounter_id, patient_id=patient_id, receiver=receiver, requester=hospital,
+                        document=document, now=now) for receiver in receivers]
+    # A re-sent discharge finds its Tasks: the transfer exists, and may have moved on. Two receivers with one
+    # key (an organisation in two roles) share a Task: the first one's.
+    new_tasks = [task for task in _first_by_id(tasks) if ("Task", task["id"]) not in stored]
+    written = await write_changes(conn, [*changes, *(Change(task, None, track_source=False) for task in new_tasks)],
+                                  now)
+    created = [w.document for w in written if w.res_type == "Task"]
+    await store.enqueue_many(conn, created, store.TASK_REQUESTED, now)
     if created:
         log.info("transfers raised", extra={"fields": {"encounter": encounter_id, "tasks": len(created)}})
-    return created
+    return [task["id"] for task in created]
 
 
-async def _receivers(conn: AsyncConnection, patient: JSON, encounter: JSON, hospital: rx.OrgRef,
+def _first_by_id(documents: list[JSON]) -> list[JSON]:
+    first: dict[str, JSON] = {}
+    for document in documents:
+        first.setdefault(document["id"], document)
+    return list(first.values())
+
+
+async def _receivers(reader: StoreReader, patient: JSON, encounter: JSON, hospital: rx.OrgRef,
                      config: TransfersConfig) -> list[rx.Receiver]:
-    episodes = await store.compartment_of(conn, patient["id"], "EpisodeOfCare")
-    referrals = await store.compartment_of(conn, patient["id"], "ServiceRequest")
+    await reader.prefetch_compartment(patient["id"], {"EpisodeOfCare", "ServiceRequest",
+                                                      *definition_types(config.document_type)})
+    episodes = await reader.compartment(patient["id"], ["EpisodeOfCare"])
+    referrals = await reader.compartment(patient["id"], ["ServiceRequest"])
     destination = rx.reference_id((encounter.get("hospitalization") or {}).get("destination"), "Location")
-    locations = await store.read_resources(conn, "Location", [destination] if destination else [])
     org_ids = rx.referenced_organizations(patient, encounter, episodes, referrals)
+    # The parties the document names are read in the same query (engine.documents.gather.named_parties).
+    await reader.prefetch([*(("Location", d) for d in [destination] if d), *(("Organization", o) for o in org_ids),
+                           *named_parties(patient, encounter)])
+    locations = {loc["id"]: loc for loc in await reader.read_many("Location", [destination] if destination else [])}
     org_ids |= {i for i in (rx.reference_id(loc.get("managingOrganization"), "Organization")
                             for loc in locations.values()) if i}
-    organizations = await store.read_resources(conn, "Organization", org_ids)
+    organizations = {org["id"]: org for org in await reader.read_many("Organization", sorted(org_ids))}
     return rx.discharge_receivers(patient=patient, encounter=encounter, episodes=episodes, referrals=referrals,
                                   organizations=organizations, locations=locations, sender_ods=hospital.ods or "",
                                   care_home_codes=config.care_home_codes)
 
 
-async def _issue_document(conn: AsyncConnection, encounter_id: str, config: TransfersConfig,
-                          issuer: DocumentIssuer | None, now: datetime) -> DocumentRefs | None:
+def definition_types(doc_type: str) -> tuple[str, ...]:
+    """The resource types the document definition `doc_type` gathers (none for an unknown type)."""
+    definition = definitions().get(doc_type)
+    return tuple(definition.resource_types) if definition is not None else ()
+
+
+async def _issue_document(conn: AsyncConnection, reader: StoreReader, encounter_id: str, config: TransfersConfig,
+                          issuer: DocumentIssuer | None, now: datetime,
+                          currents: Mapping[tuple[str, str], Current]) -> tuple[DocumentRefs | None, list[Change]]:
+    """The discharge document. engine.documents' own issuer is asked for its writes as changes, for the
+    caller to write together with the Tasks (`issue_discharge_changes`, sharing `reader`); any other
+    issuer (a stand-in) writes its own."""
     issue = issuer or document_issuer()
     if issue is None:
         log.warning("engine.documents is not installed: transfers are raised without a discharge document")
-        return None
-    issued = await issue(conn, encounter_id, config.document_type, now=now)
+        return None, []
+    changes: list[Change] = []
+    if issue is issue_discharge_document:
+        issued, changes = await issue_discharge_changes(conn, encounter_id, config.document_type, now=now,
+                                                        reader=reader, currents=currents)
+    else:
+        issued = await issue(conn, encounter_id, config.document_type, now=now)
     return DocumentRefs(getattr(issued, "bundle_id", None), getattr(issued, "composition_id", None),
-                        getattr(issued, "document_reference_id", None))
-
+                        getattr(issued, "document_reference_id", None)), changes

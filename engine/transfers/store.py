@@ -18,12 +18,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, cast, func, or_, select, update
+from sqlalchemy import Text, and_, cast, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.db import repository
 from engine.db.schema import resources
+from engine.ingest import postgres
 from engine.search.params import SearchError, parse_search
 from engine.search.query import criteria_clause, search
 from engine.transfers.backoff import RetryPolicy, next_attempt_at
@@ -100,14 +101,26 @@ async def enqueue(conn: AsyncConnection, task: JSON, event: str, now: datetime) 
     the organisation the event is for (the owner for a new transfer, the requester for a status
     change). Returns how many rows were written.
     """
-    version = int((task.get("meta") or {}).get("versionId") or 1)
-    destinations = await subscription_destinations(conn, task["id"])
-    org = owner_ods(task) if event == TASK_REQUESTED else requester_ods(task)
-    endpoint = await endpoint_destination(conn, org) if org else None
-    if endpoint is not None:
-        destinations.append(endpoint)
-    body = orjson.dumps(task).decode()
-    rows = [_outbox_row(task, version, event, d, body, now) for d in destinations]
+    return await enqueue_many(conn, [task], event, now)
+
+
+async def enqueue_many(conn: AsyncConnection, tasks: Sequence[JSON], event: str, now: datetime) -> int:
+    """`enqueue` for several Tasks of one event: the Subscriptions and endpoints are read once, the
+    rows written by one statement (in Task order, each Task's Subscriptions before its endpoint)."""
+    if not tasks:
+        return 0
+    orgs = {task["id"]: owner_ods(task) if event == TASK_REQUESTED else requester_ods(task) for task in tasks}
+    subscriptions, endpoints = await _delivery_configuration(conn, {org for org in orgs.values() if org})
+    rows = []
+    for task in tasks:
+        version = int((task.get("meta") or {}).get("versionId") or 1)
+        destinations = [Destination(SUBSCRIPTION, sub_id, _channel(content)) for sub_id, content in subscriptions
+                        if await task_matches(conn, task["id"], content.get("criteria", ""))]
+        endpoint = endpoints.get(orgs[task["id"]] or "")
+        if endpoint is not None:
+            destinations.append(endpoint)
+        body = orjson.dumps(task).decode()
+        rows.extend(_outbox_row(task, version, event, d, body, now) for d in destinations)
     if rows:
         await conn.execute(_insert_ignore(conn), rows)
     return len(rows)
@@ -126,17 +139,38 @@ def _outbox_row(task: JSON, version: int, event: str, destination: Destination, 
     }
 
 
-async def subscription_destinations(conn: AsyncConnection, task_id: str) -> list[Destination]:
-    """The live Subscriptions whose criteria the stored Task `task_id` matches (the search grammar decides)."""
+_PG_DELIVERY_CONFIGURATION = text(
+    "SELECT 'subscription' AS kind, id AS key, CAST(content AS text) AS content, NULL AS address,"
+    " NULL AS headers, NULL AS payload FROM transfer_subscriptions WHERE status IN ('requested', 'active')"
+    " UNION ALL SELECT 'endpoint', ods_code, NULL, address, CAST(headers AS text), payload FROM transfer_endpoints"
+    " WHERE ods_code = ANY(CAST(:codes AS text[])) AND active ORDER BY 1 DESC, 2"
+)
+
+
+async def _delivery_configuration(conn: AsyncConnection, ods_codes: Iterable[str],
+                                  ) -> tuple[list[tuple[str, JSON]], dict[str, Destination]]:
+    """The live Subscriptions (`live_subscriptions`) and these organisations' endpoints
+    (`endpoint_destinations`); on PostgreSQL in one prepared statement."""
+    if conn.dialect.name != "postgresql":
+        return await live_subscriptions(conn), await endpoint_destinations(conn, ods_codes)
+    rows = await postgres.fetch_all(conn, _PG_DELIVERY_CONFIGURATION, {"codes": sorted(set(ods_codes))})
+    subscriptions = [(row.key, _json(row.content)) for row in rows if row.kind == SUBSCRIPTION]
+    endpoints = {row.key: Destination(ENDPOINT, row.key, Channel(row.address, _headers(_json_list(row.headers)),
+                                                                 row.payload))
+                 for row in rows if row.kind == ENDPOINT}
+    return subscriptions, endpoints
+
+
+def _json_list(value: Any) -> list[Any]:
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else list(value or ())
+
+
+async def live_subscriptions(conn: AsyncConnection) -> list[tuple[str, JSON]]:
+    """(id, content) of the requested and active Subscriptions, by id."""
     rows = (await conn.execute(select(transfer_subscriptions.c.id, transfer_subscriptions.c.content)
                                .where(transfer_subscriptions.c.status.in_(LIVE_SUBSCRIPTIONS))
                                .order_by(transfer_subscriptions.c.id))).all()
-    found = []
-    for sub_id, content in rows:
-        content = _json(content)
-        if await task_matches(conn, task_id, content.get("criteria", "")):
-            found.append(Destination(SUBSCRIPTION, sub_id, _channel(content)))
-    return found
+    return [(sub_id, _json(content)) for sub_id, content in rows]
 
 
 async def task_matches(conn: AsyncConnection, task_id: str, criteria: str) -> bool:
@@ -177,13 +211,16 @@ class EndpointConfig:
                 "header": [f"{n}: {v}" for n, v in self.channel.headers], "active": self.active}
 
 
-async def endpoint_destination(conn: AsyncConnection, ods: str) -> Destination | None:
+async def endpoint_destinations(conn: AsyncConnection, ods_codes: Iterable[str]) -> dict[str, Destination]:
+    """The active endpoints of these organisations (by ODS code), in one query."""
+    wanted = sorted(set(ods_codes))
+    if not wanted:
+        return {}
     e = transfer_endpoints.c
-    row = (await conn.execute(select(e.address, e.headers, e.payload)
-                              .where(e.ods_code == ods, e.active.is_(True)))).first()
-    if row is None:
-        return None
-    return Destination(ENDPOINT, ods, Channel(row.address, _headers(row.headers), row.payload))
+    rows = (await conn.execute(select(e.ods_code, e.address, e.headers, e.payload)
+                               .where(e.ods_code.in_(wanted), e.active.is_(True)))).all()
+    return {row.ods_code: Destination(ENDPOINT, row.ods_code, Channel(row.address, _headers(row.headers), row.payload))
+            for row in rows}
 
 
 def _headers(stored: Any) -> tuple[tuple[str, str], ...]:

@@ -87,14 +87,42 @@ def sub(f: FieldLike | None, i: int, j: int) -> str:
 
 
 def prune(value: Any) -> Any:
-    """Drop empty strings, None, empty lists and empty dicts, recursively (FHIR forbids empty elements)."""
+    """Drop empty strings, None, empty lists and empty dicts, recursively (FHIR forbids empty elements).
+
+    >>> prune({"a": "", "b": [None, {}, "x"], "c": {"d": []}, "e": 0, "f": False})
+    {'b': ['x'], 'e': 0, 'f': False}
+    """
     if isinstance(value, dict):
-        pruned = {k: prune(v) for k, v in value.items()}
-        return {k: v for k, v in pruned.items() if v not in (None, "", [], {})}
+        return _pruned_dict(value)
     if isinstance(value, list):
-        pruned_list = [prune(v) for v in value]
-        return [v for v in pruned_list if v not in (None, "", [], {})]
+        return _pruned_list(value)
     return value
+
+
+def _pruned_dict(value: dict[str, Any]) -> dict[str, Any]:
+    pruned: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, (dict, list)):
+            item = prune(item)
+            if not item:
+                continue
+        elif item is None or item == "":
+            continue
+        pruned[key] = item
+    return pruned
+
+
+def _pruned_list(value: list[Any]) -> list[Any]:
+    pruned: list[Any] = []
+    for item in value:
+        if isinstance(item, (dict, list)):
+            item = prune(item)
+            if not item:
+                continue
+        elif item is None or item == "":
+            continue
+        pruned.append(item)
+    return pruned
 
 
 def _or_none(value: JSON) -> JSON | None:
