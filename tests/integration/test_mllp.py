@@ -396,6 +396,54 @@ def test_serve_with_two_workers_runs_mllp_beside_them_and_stops_cleanly(database
             process.wait(10)
 
 
+def test_several_ingest_processes_share_the_port_and_stop_together(database_url, clean_store, tmp_path: Path) -> None:
+    """SHAREDCARE_MLLP_PROCESSES=3: three processes listen on one port (SO_REUSEPORT); connections spread
+    over them, each message is acknowledged AA after its commit, and SIGTERM stops them all."""
+    import os
+    import signal
+
+    from hl7.client import MLLPClient
+
+    mllp_port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAREDCARE_")}
+    env.update(SHAREDCARE_DATABASE_URL=database_url, SHAREDCARE_HOME=str(tmp_path / "home"),
+               SHAREDCARE_HTTP_PORT=str(_free_port()), SHAREDCARE_MLLP_PORT=str(mllp_port),
+               SHAREDCARE_MLLP_PROCESSES="3", SHAREDCARE_DELIVERY_ENABLED="0")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([str(BIN / "sharedcare"), "serve", "--workers", "1"], env=env, cwd=REPO,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while len(_listening_pids(mllp_port)) < 3:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "not listening in time:\n" + log.read_text()
+            time.sleep(0.2)
+        assert process.pid in _listening_pids(mllp_port)
+        for n in range(12):  # a connection each: the kernel spreads them over the processes
+            with MLLPClient("127.0.0.1", mllp_port) as client:
+                assert msa(client.send_message(adt(200 + n, control_id=f"PROC-{n}"))) == ("AA", f"PROC-{n}")
+        from sqlalchemy import create_engine, text
+
+        from engine.config import sync_database_url
+
+        store = create_engine(sync_database_url(database_url))
+        with store.connect() as conn:
+            stored = conn.execute(text("SELECT count(*) FROM hl7_messages WHERE control_id LIKE 'PROC-%'")).scalar()
+        store.dispose()
+        assert stored == 12
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()
+        deadline = time.monotonic() + 20
+        while _live_group_members(process.pid):
+            assert time.monotonic() < deadline, f"left running: {_live_group_members(process.pid)}"
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
