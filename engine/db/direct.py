@@ -79,21 +79,40 @@ def compile_statement(statement: ClauseElement, dialect: Dialect) -> CompiledSta
     fixed: dict[str, Any] = {}
     names: dict[str, str] = {}
     required: set[str] = set()
+    inline: dict[str, str] = {}
     for bind, name in compiled.bind_names.items():
         name = compiled.escaped_bind_names.get(name, name)
+        anonymous = str(bind.key).startswith("%(")  # an anonymous literal's key is "%(<id> <name>)s"
         if bind.required:
             required.add(name)
         else:
             value = bind.effective_value
             fixed[name] = list(value) if isinstance(value, (tuple, set, frozenset)) else value
-        if not str(bind.key).startswith("%("):  # an anonymous literal's key is "%(<id> <name>)s"
+            if anonymous and _literal(value) is not None:
+                inline[name] = _literal(value)  # type: ignore[assignment]
+        if not anonymous:
             names[bind.key] = name
-    order, server_sql = _numbered(sql)
+    order, server_sql = _numbered(sql, inline)
     return CompiledStatement(sql, fixed, names, frozenset(required), order, server_sql)
 
 
-def _numbered(sql: str) -> tuple[tuple[str, ...], str]:
-    """`sql` with `%(name)s` as $1, $2, … (one number per name) and `%%` as `%`, and the names in order.
+def _literal(value: Any) -> str | None:
+    """A constant the statement carries (a code, a type name, a number) as SQL text, or None to bind it.
+
+    Written into the server's SQL it costs nothing per execution and the planner sees it.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and "\x00" not in value:
+        return "'" + value.replace("'", "''") + "'"  # standard_conforming_strings: no backslash escapes
+    return None
+
+
+def _numbered(sql: str, inline: dict[str, str]) -> tuple[tuple[str, ...], str]:
+    """`sql` with `%(name)s` as $1, $2, … (one number per name, or the constant `inline` holds for it) and
+    `%%` as `%`, and the numbered names in order.
 
     psycopg parses a `%s`-style query on every execution once it is longer than it caches (4 KB) —
     the policy's statements are — so the hot statements are sent ready-made through a raw cursor.
@@ -103,6 +122,8 @@ def _numbered(sql: str) -> tuple[tuple[str, ...], str]:
     def number(match: re.Match[str]) -> str:
         if match.group(0) == "%%":
             return "%"
+        if match.group(1) in inline:
+            return inline[match.group(1)]
         return f"${order.setdefault(match.group(1), len(order) + 1)}"
 
     server_sql = _PLACEHOLDER.sub(number, sql)
