@@ -3,21 +3,25 @@
 SQLAlchemy's async execution costs a few hundred microseconds per statement in Python — cache-key
 generation, parameter processing, result wrapping and a greenlet switch each way — which is more
 than PostgreSQL takes to answer an indexed read. The store's hot statements are built once
-(engine.access_data, engine.search.query, engine.db.repository), so here each is compiled once for
-psycopg and then executed on a raw psycopg connection from a psycopg_pool pool:
+(engine.access_data, engine.search.query, engine.db.repository, engine.audit.log), so here each is
+compiled once (`StatementCache`, held as long as the statement object lives) and then executed on a
+raw psycopg connection (`Database.direct()`, a psycopg_pool pool):
 
-- named bound parameters stay `%(name)s`; the values a statement carries itself (literals) are
-  kept with its compiled form and merged with the caller's values;
+- bound parameters become PostgreSQL's own `$1, $2, …` (one number per name), sent through a raw
+  cursor: psycopg would otherwise re-parse every `%s` query longer than it caches (4 KB) on each run;
+- constants the statement carries itself (a type name, a code system, a number) are written into
+  the SQL, so they cost nothing per execution and the planner sees them — except strings holding a
+  backslash or NUL, which stay bound whatever the server's `standard_conforming_strings`;
 - an expanding `IN` (`column.in_(bindparam(..., expanding=True))`, or a literal list) becomes
-  `= ANY(%(name)s)` (`NOT IN` becomes `<> ALL(...)`), so one prepared statement serves every list
-  length and psycopg sends the list as an array;
-- psycopg prepares a statement on the server after it has run a few times on a connection.
+  `= ANY($n)` (`NOT IN` becomes `<> ALL($n)`), so one prepared statement serves every list length;
+- psycopg prepares a statement on the server after it has run twice on a connection; the pool's
+  connections use generic plans (engine.db.database).
 
 `DirectConnection` offers the slice of `AsyncConnection` that the read path uses — `execute()` and
 a result with `all/first/one/one_or_none/scalar/scalar_one/scalars` and iteration — so code written
 for SQLAlchemy connections runs unchanged on it. Rows are named tuples (index or attribute access).
 Only statements whose bound values need no SQLAlchemy type processing belong here: strings,
-numbers, booleans, datetimes and lists of them.
+numbers, booleans, datetimes, lists of them, and psycopg's own wrappers (`Jsonb`).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class CompiledStatement:
 
 
 def compile_statement(statement: ClauseElement, dialect: Dialect) -> CompiledStatement:
-    """`statement` as psycopg SQL with `%(name)s` placeholders (see the module docstring)."""
+    """`statement` compiled for the server (see the module docstring)."""
     compiled = statement.compile(dialect=dialect)
 
     def expanding(match: re.Match[str]) -> str:
@@ -105,8 +109,8 @@ def _literal(value: Any) -> str | None:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, str) and "\x00" not in value:
-        return "'" + value.replace("'", "''") + "'"  # standard_conforming_strings: no backslash escapes
+    if isinstance(value, str) and "\x00" not in value and "\\" not in value:
+        return "'" + value.replace("'", "''") + "'"
     return None
 
 

@@ -43,6 +43,15 @@ def test_literals_travel_with_the_statement_and_callers_fill_the_rest() -> None:
         compiled.parameters({"id": "p1"})
 
 
+def test_constants_are_written_into_the_sql_and_backslashes_stay_bound() -> None:
+    statement = select(resources.c.pk).where(resources.c.res_type == "O'Brien", resources.c.version_id == 2,
+                                             resources.c.res_id == "a\\' OR true --")
+    compiled = compile_statement(statement, PG)
+    assert "'O''Brien'" in compiled.server_sql and "= 2" in compiled.server_sql
+    assert "OR true" not in compiled.server_sql
+    assert compiled.positional({}) == ["a\\' OR true --"]
+
+
 def test_a_literal_list_becomes_an_array_parameter() -> None:
     compiled = compile_statement(select(resources.c.pk).where(resources.c.res_type.in_(["Patient", "Observation"])), PG)
     assert "= ANY(" in compiled.sql
