@@ -303,12 +303,10 @@ class AccessGate:
         now = self.clock()
         viewer = await self.viewer(conn, who)
         scope = scope_clause(who, SEARCH, request.resource_type)
-        rules = self.sql.visible(viewer)
+        rules = self.sql.visible_pinned(viewer) if pinned else self.sql.visible(viewer)
         restriction = rules if scope is None else and_(scope, rules)
         params = self.sql.params(viewer, naive_utc(now))
         if pinned:
-            rules = self.sql.visible_pinned(viewer)
-            restriction = rules if scope is None else and_(scope, rules)
             page, consents_possible, label_hidden = await self._pinned_search(
                 conn, who, viewer, request, pinned, now, restriction, {**params, "acc_pinned": pinned})
         else:
