@@ -244,13 +244,14 @@ def _mllp_process_main(settings: Settings, log_level: str, ready: Any, parent_pi
 
         start_http_server(metrics_port, addr=config.host, registry=REGISTRY)
     try:
-        run_event_loop(_serve_mllp_only(settings, config, ready, parent_pid))
+        run_event_loop(serve_mllp_only(settings, config, ready, parent_pid))
     except OSError as exc:
         log.error("the MLLP listener could not start", extra={"fields": {"error": str(exc)}})
         sys.exit(1)
 
 
-async def _serve_mllp_only(settings: Settings, config: MllpConfig, ready: Any, parent_pid: int) -> None:
+async def serve_mllp_only(settings: Settings, config: MllpConfig, ready: Any, parent_pid: int) -> None:
+    """Serve MLLP until SIGTERM/SIGINT or until the parent process `parent_pid` has gone."""
     stop = asyncio.Event()
     with _stop_signals(stop):
         async with mllp_service(settings, config) as server:

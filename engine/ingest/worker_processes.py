@@ -13,7 +13,6 @@ message row's unique key, so nothing else changes. Each worker has its own datab
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -23,7 +22,6 @@ from typing import Any
 
 log = logging.getLogger("sharedcare.mllp")
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def start_workers(count: int, port: int, log_level: int) -> list[multiprocessing.process.BaseProcess]:
@@ -58,34 +56,13 @@ def stop_workers(workers: list[multiprocessing.process.BaseProcess], grace: floa
 
 
 def worker_main(port: int, log_level: int, ready: Any, parent_pid: int) -> None:
-    """Entry point of a worker process: the settings and the listener's configuration from the environment."""
-    from engine.observability import configure_logging
-
-    configure_logging(logging.getLevelName(log_level))
-    asyncio.run(_serve(port, ready, parent_pid))
-
-
-async def _serve(port: int, ready: Any, parent_pid: int) -> None:
+    """Entry point of a worker process: the settings and the listener's configuration from the environment;
+    it serves as the `--workers` MLLP child does (engine.serve) and stops with its parent."""
     from engine.config import load_settings
     from engine.mllp_server import mllp_config_from_env
-    from engine.serve import mllp_service
+    from engine.observability import configure_logging
+    from engine.serve import run_event_loop, serve_mllp_only
 
+    configure_logging(logging.getLevelName(log_level))
     config = replace(mllp_config_from_env(port), processes=1, reuse_port=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in _STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
-    async with mllp_service(load_settings(), config) as server:
-        ready.set()
-        watch = asyncio.create_task(_watch_parent(parent_pid, stop))
-        await stop.wait()
-        watch.cancel()
-        await server.stop()
-
-
-async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
-    """Stop when the process that started this one has gone (killed without a chance to stop us)."""
-    while os.getppid() == parent_pid:
-        await asyncio.sleep(1)
-    log.warning("parent process gone; stopping this MLLP ingest process")
-    stop.set()
+    run_event_loop(serve_mllp_only(load_settings(), config, ready, parent_pid))

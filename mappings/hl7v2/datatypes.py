@@ -99,30 +99,23 @@ def prune(value: Any) -> Any:
     return value
 
 
+_DROPPED = object()
+
+
+def _pruned_item(item: Any) -> Any:
+    """`item` pruned, or _DROPPED when nothing of it is left (None, "", an empty dict or list)."""
+    if isinstance(item, (dict, list)):
+        item = prune(item)
+        return item if item else _DROPPED
+    return _DROPPED if item is None or item == "" else item
+
+
 def _pruned_dict(value: dict[str, Any]) -> dict[str, Any]:
-    pruned: dict[str, Any] = {}
-    for key, item in value.items():
-        if isinstance(item, (dict, list)):
-            item = prune(item)
-            if not item:
-                continue
-        elif item is None or item == "":
-            continue
-        pruned[key] = item
-    return pruned
+    return {key: kept for key, item in value.items() if (kept := _pruned_item(item)) is not _DROPPED}
 
 
 def _pruned_list(value: list[Any]) -> list[Any]:
-    pruned: list[Any] = []
-    for item in value:
-        if isinstance(item, (dict, list)):
-            item = prune(item)
-            if not item:
-                continue
-        elif item is None or item == "":
-            continue
-        pruned.append(item)
-    return pruned
+    return [kept for item in value if (kept := _pruned_item(item)) is not _DROPPED]
 
 
 def _or_none(value: JSON) -> JSON | None:

@@ -15,6 +15,8 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -354,94 +356,92 @@ def test_metrics_count_messages_by_type_and_ack_code(pipeline_server) -> None:
                                       {"message_type": "ADT^A08"}) or 0) >= 1
 
 
+def _serve_process(tmp_path: Path, database_url: str, workers: int, **settings: str
+                   ) -> tuple[subprocess.Popen[bytes], Path, dict[str, str]]:
+    """`sharedcare serve --workers N` in a process group of its own, with fresh ports and `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAREDCARE_")}
+    env.update(SHAREDCARE_DATABASE_URL=database_url, SHAREDCARE_HOME=str(tmp_path / "home"),
+               SHAREDCARE_HTTP_PORT=str(_free_port()), SHAREDCARE_MLLP_PORT=str(_free_port()), **settings)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([str(BIN / "sharedcare"), "serve", "--workers", str(workers)], env=env,
+                                   cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return process, log, env
+
+
+def _wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while not ready():
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "not ready in time:\n" + log.read_text()
+        time.sleep(0.2)
+
+
+def _stop_and_check_nothing_is_left(process: subprocess.Popen[bytes], log: Path) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0, log.read_text()
+    deadline = time.monotonic() + 20
+    while _live_group_members(process.pid):
+        assert time.monotonic() < deadline, f"left running: {_live_group_members(process.pid)}"
+        time.sleep(0.1)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
 def test_serve_with_two_workers_runs_mllp_beside_them_and_stops_cleanly(database_url, clean_store,
                                                                         tmp_path: Path) -> None:
     """`sharedcare serve --workers 2`: HTTP workers under uvicorn's supervisor, MLLP in a child process."""
-    import os
-    import signal
-
     import httpx
     from hl7.client import MLLPClient
 
-    http_port, mllp_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAREDCARE_")}
-    env.update(SHAREDCARE_DATABASE_URL=database_url, SHAREDCARE_HOME=str(tmp_path / "home"),
-               SHAREDCARE_HTTP_PORT=str(http_port), SHAREDCARE_MLLP_PORT=str(mllp_port))
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([str(BIN / "sharedcare"), "serve", "--workers", "2"], env=env, cwd=REPO,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    process, log, env = _serve_process(tmp_path, database_url, 2)
+    http_port, mllp_port = env["SHAREDCARE_HTTP_PORT"], int(env["SHAREDCARE_MLLP_PORT"])
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "not ready in time:\n" + log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        _wait_until(healthy, process, log)
         with MLLPClient("127.0.0.1", mllp_port) as client:
             assert msa(client.send_message(adt(77, control_id="WORKERS-1"))) == ("AA", "WORKERS-1")
         assert _listening_pids(mllp_port) != {process.pid}  # the listener is not the supervisor itself
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0, log.read_text()
-        deadline = time.monotonic() + 20
-        while _live_group_members(process.pid):
-            assert time.monotonic() < deadline, f"left running: {_live_group_members(process.pid)}"
-            time.sleep(0.1)
+        _stop_and_check_nothing_is_left(process, log)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        _kill_group(process)
 
 
 def test_several_ingest_processes_share_the_port_and_stop_together(database_url, clean_store, tmp_path: Path) -> None:
     """SHAREDCARE_MLLP_PROCESSES=3: three processes listen on one port (SO_REUSEPORT); connections spread
     over them, each message is acknowledged AA after its commit, and SIGTERM stops them all."""
-    import os
-    import signal
-
     from hl7.client import MLLPClient
+    from sqlalchemy import create_engine, text
 
-    mllp_port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAREDCARE_")}
-    env.update(SHAREDCARE_DATABASE_URL=database_url, SHAREDCARE_HOME=str(tmp_path / "home"),
-               SHAREDCARE_HTTP_PORT=str(_free_port()), SHAREDCARE_MLLP_PORT=str(mllp_port),
-               SHAREDCARE_MLLP_PROCESSES="3", SHAREDCARE_DELIVERY_ENABLED="0")
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([str(BIN / "sharedcare"), "serve", "--workers", "1"], env=env, cwd=REPO,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    from engine.config import sync_database_url
+
+    process, log, env = _serve_process(tmp_path, database_url, 1, SHAREDCARE_MLLP_PROCESSES="3",
+                                       SHAREDCARE_DELIVERY_ENABLED="0")
+    mllp_port = int(env["SHAREDCARE_MLLP_PORT"])
     try:
-        deadline = time.monotonic() + 90
-        while len(_listening_pids(mllp_port)) < 3:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "not listening in time:\n" + log.read_text()
-            time.sleep(0.2)
+        _wait_until(lambda: len(_listening_pids(mllp_port)) >= 3, process, log)
         assert process.pid in _listening_pids(mllp_port)
         for n in range(12):  # a connection each: the kernel spreads them over the processes
             with MLLPClient("127.0.0.1", mllp_port) as client:
                 assert msa(client.send_message(adt(200 + n, control_id=f"PROC-{n}"))) == ("AA", f"PROC-{n}")
-        from sqlalchemy import create_engine, text
-
-        from engine.config import sync_database_url
-
         store = create_engine(sync_database_url(database_url))
         with store.connect() as conn:
             stored = conn.execute(text("SELECT count(*) FROM hl7_messages WHERE control_id LIKE 'PROC-%'")).scalar()
         store.dispose()
         assert stored == 12
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0, log.read_text()
-        deadline = time.monotonic() + 20
-        while _live_group_members(process.pid):
-            assert time.monotonic() < deadline, f"left running: {_live_group_members(process.pid)}"
-            time.sleep(0.1)
+        _stop_and_check_nothing_is_left(process, log)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        _kill_group(process)
 
 
 def _free_port() -> int:
