@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -59,6 +60,28 @@ def run_event_loop(main: Any) -> Any:
         return runner.run(main)
 
 
+def tune_garbage_collection() -> None:
+    """Collect garbage less often in a serving process.
+
+    Each request allocates thousands of short-lived objects, so CPython's default first-generation
+    threshold (700) runs a collection every few requests, and every full collection walks all that
+    start-up left (modules, the app, the policy). Start-up objects are moved out of the collector's
+    sight (`gc.freeze`) and the first generation is collected every 20,000 allocations: measured with
+    bench/read_search.py, the 99th-percentile latency of reads and searches roughly halves.
+    """
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
+def served_app() -> Any:
+    """The application for uvicorn's worker processes (`--workers` > 1), with the collector tuned."""
+    from engine.api.app import create_app
+
+    app = create_app()
+    tune_garbage_collection()
+    return app
+
+
 # -- one process ------------------------------------------------------------------------------------
 
 
@@ -73,7 +96,9 @@ class _HttpServer(uvicorn.Server):
 async def _serve_one_process(settings: Settings, host: str, port: int, mllp: MllpConfig | None) -> int:
     from engine.api.app import create_app
 
-    http = _HttpServer(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
+    app = create_app(settings)
+    tune_garbage_collection()
+    http = _HttpServer(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                       access_log=False, lifespan="on", http=NoDelayHttpProtocol))
     stop = asyncio.Event()
     listener: MllpServer | None = None
@@ -166,7 +191,7 @@ def _serve_with_workers(settings: Settings, host: str, port: int, workers: int, 
     if supervisor is not None and not supervisor.start():
         return 1
     try:
-        uvicorn.run("engine.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+        uvicorn.run("engine.serve:served_app", factory=True, host=host, port=port, workers=workers,
                     log_level="warning", access_log=False, http="engine.http_protocol:NoDelayHttpProtocol")
     finally:
         if supervisor is not None:
