@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from engine.config import normalise_database_url
-from engine.db.direct import DirectConnection, StatementCache
+from engine.db.direct import POSTGRES_STATEMENTS, DirectConnection
 
 
 def _json_serializer(value: object) -> str:
@@ -60,7 +60,6 @@ class Database:
     # PostgreSQL: psycopg connections for `direct()`, opened on first use (engine.db.direct).
     _direct_pool: Any = field(default=None, init=False, repr=False)
     _direct_lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
-    _statements: StatementCache | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.reader is None:
@@ -92,7 +91,7 @@ class Database:
             return
         pool = self._direct_pool or await self._open_direct_pool()
         async with pool.connection() as raw:
-            conn = DirectConnection(raw, self._statements)
+            conn = DirectConnection(raw, POSTGRES_STATEMENTS)
             if transaction:
                 async with raw.transaction():
                     yield conn
@@ -107,7 +106,6 @@ class Database:
         async with self._direct_lock:
             if self._direct_pool is None:
                 url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                self._statements = StatementCache(self.engine.dialect)
                 # Statements are prepared on their second run on a connection; generic plans, because
                 # re-planning a custom plan for every run costs PostgreSQL more than running the
                 # index-driven statements of the hot paths (0.5–0.9 ms against 0.1–0.3 ms).

@@ -35,6 +35,7 @@ from typing import Any
 from psycopg import AsyncConnection as PsycopgConnection
 from psycopg import AsyncRawCursor
 from psycopg.rows import namedtuple_row
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
@@ -146,6 +147,10 @@ class StatementCache:
         if compiled is None:
             compiled = self._compiled[statement] = compile_statement(statement, self.dialect)
         return compiled
+
+
+# One cache per process: every PostgreSQL engine here uses psycopg, so a statement compiles the same for all.
+POSTGRES_STATEMENTS = StatementCache(postgresql.psycopg.dialect())
 
 
 class DirectResult:

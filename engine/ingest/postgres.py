@@ -22,17 +22,14 @@ from typing import Any
 from psycopg import AsyncRawCursor
 from psycopg.rows import namedtuple_row
 from sqlalchemy import TextClause
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine.db.direct import StatementCache
-
-_STATEMENTS = StatementCache(postgresql.psycopg.dialect())
+from engine.db.direct import POSTGRES_STATEMENTS
 
 
 async def fetch_all(conn: AsyncConnection, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:
     """Run `statement` in `conn`'s transaction; its rows as named tuples."""
-    compiled = _STATEMENTS.get(statement)
+    compiled = POSTGRES_STATEMENTS.get(statement)
     sql, values = compiled.server_sql, compiled.positional(params)
     sync = conn.sync_connection
     listening = sync is not None and bool(sync.dispatch.before_cursor_execute or sync.dispatch.after_cursor_execute)

@@ -25,12 +25,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, delete, event, insert, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from engine.db.direct import DirectConnection, StatementCache
+from engine.db.direct import POSTGRES_STATEMENTS, DirectConnection
 from engine.db.schema import INDEX_TABLES, idx_number, metadata, resources
 from engine.search.extract import extract_index, patient_compartment
 from engine.search.paging import decode_cursor
@@ -40,7 +39,6 @@ from engine.search.query import SearchPage, search
 PG_URL = os.environ.get("SHAREDCARE_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = [os.environ["SHAREDCARE_TEST_BACKEND"]] if os.environ.get("SHAREDCARE_TEST_BACKEND") else ["sqlite", "postgresql"]
 T0 = datetime(2024, 1, 1)
-DIRECT_STATEMENTS = StatementCache(postgresql.psycopg.dialect())
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -81,7 +79,7 @@ class Store:
             if self.raw is None:
                 self.raw = await psycopg.AsyncConnection.connect(_conninfo(str(self.engine.url.render_as_string(
                     hide_password=False))), autocommit=True)
-            return await coro_fn(DirectConnection(self.raw, DIRECT_STATEMENTS))
+            return await coro_fn(DirectConnection(self.raw, POSTGRES_STATEMENTS))
 
         return self.runner.run(go())
 
