@@ -31,10 +31,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.vocabulary import owner_tag
 from engine.auth import system_principal
+from engine.db.direct import fetch_all_on_driver
 from engine.db.ingest_schema import resource_sources
 from engine.db.repository import format_instant
 from engine.db.schema import idx_token, resources
-from engine.ingest import identity, postgres
+from engine.ingest import identity
 from engine.nhs_number import NHS_NUMBER_SYSTEM
 from engine.search.extract import patient_compartment
 from engine.search.registry import SUPPORTED_TYPES
@@ -142,7 +143,7 @@ async def read_current(conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -
     if not wanted:
         return {}
     if conn.dialect.name == "postgresql":
-        rows = await postgres.fetch_all(conn, _PG_READ_CURRENT, _pg_keys(wanted))
+        rows = await fetch_all_on_driver(conn, _PG_READ_CURRENT, _pg_keys(wanted))
     else:
         rows = (await conn.execute(_READ_CURRENT, {"keys": wanted})).all()
     return {(row.res_type, row.res_id): _current(row) for row in rows}
@@ -195,7 +196,7 @@ async def read_state(conn: AsyncConnection, keys: Iterable[tuple[str, str]],
     """
     wanted = sorted(set(keys))
     if conn.dialect.name == "postgresql":
-        rows = await postgres.fetch_all(conn, _PG_READ_STATE, {
+        rows = await fetch_all_on_driver(conn, _PG_READ_STATE, {
             **_pg_keys(wanted), "systems": [system for system, _ in identifiers],
             "codes": [code for _, code in identifiers]})
     else:
@@ -225,7 +226,7 @@ async def read_patient_resources(conn: AsyncConnection, patient_id: str, types: 
     if not wanted:
         return []
     if conn.dialect.name == "postgresql":
-        rows = await postgres.fetch_all(conn, _PG_PATIENT_RESOURCES, {"patient": patient_id, "types": wanted})
+        rows = await fetch_all_on_driver(conn, _PG_PATIENT_RESOURCES, {"patient": patient_id, "types": wanted})
     else:
         query = (select(*_CURRENT_COLUMNS).select_from(_CURRENT_FROM)
                  .where(resources.c.patient_id == patient_id, resources.c.deleted.is_(False),

@@ -180,7 +180,7 @@ def retryable(exc: BaseException) -> bool:
     """A collision with a concurrent writer (unique key, deadlock, serialisation, lock): try again."""
     if isinstance(exc, store.ConcurrentChange):
         return True
-    if isinstance(exc, psycopg.Error):  # a statement run on the driver's connection (engine/ingest/postgres.py)
+    if isinstance(exc, psycopg.Error):  # a statement run on the driver's connection (engine.db.direct)
         return exc.sqlstate in _RETRY_SQLSTATES
     if isinstance(exc, DBAPIError):
         sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)

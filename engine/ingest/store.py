@@ -27,10 +27,10 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from engine.db.direct import fetch_one_on_driver
 from engine.db.ingest_schema import hl7_messages, resource_sources
 from engine.db.repository import stamp
 from engine.db.schema import INDEX_TABLES, resource_versions, resources
-from engine.ingest import postgres
 from engine.ingest.apply import Change, Current
 from engine.search.extract import extract_index, patient_compartment
 from mappings.result import ErrorLocation
@@ -156,7 +156,7 @@ _LOCK_AND_RESERVE = text(
 
 async def lock_and_reserve(conn: AsyncConnection, lock_keys: Sequence[int]) -> int:
     """PostgreSQL: take the advisory locks `lock_keys` for this transaction and reserve a message id."""
-    row = await postgres.fetch_one(conn, _LOCK_AND_RESERVE, {"keys": sorted(set(lock_keys))})
+    row = await fetch_one_on_driver(conn, _LOCK_AND_RESERVE, {"keys": sorted(set(lock_keys))})
     return int(row[0])
 
 
@@ -432,10 +432,10 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[_Version], sou
     index = _index_rows(versions)
     params.update((f"idx_{kind}", _json(index.get(kind, []))) for kind in INDEX_TABLES)
     if message is None:
-        updated, created = await postgres.fetch_one(conn, _PG_WRITE, params)
+        updated, created = await fetch_one_on_driver(conn, _PG_WRITE, params)
     else:
         params["message"] = Jsonb({**_row(message[1]), "attempts": 1, "id": message[0]}, dumps=_orjson_text)
-        updated, created, stored = await postgres.fetch_one(conn, _PG_WRITE_WITH_MESSAGE, params)
+        updated, created, stored = await fetch_one_on_driver(conn, _PG_WRITE_WITH_MESSAGE, params)
         if stored is None:
             raise DuplicateMessage(message[1].control_id)
     if updated != len(updates):

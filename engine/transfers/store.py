@@ -23,8 +23,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.db import repository
+from engine.db.direct import fetch_all_on_driver
 from engine.db.schema import resources
-from engine.ingest import postgres
 from engine.search.params import SearchError, parse_search
 from engine.search.query import criteria_clause, search
 from engine.transfers.backoff import RetryPolicy, next_attempt_at
@@ -153,7 +153,7 @@ async def _delivery_configuration(conn: AsyncConnection, ods_codes: Iterable[str
     (`endpoint_destinations`); on PostgreSQL in one prepared statement."""
     if conn.dialect.name != "postgresql":
         return await live_subscriptions(conn), await endpoint_destinations(conn, ods_codes)
-    rows = await postgres.fetch_all(conn, _PG_DELIVERY_CONFIGURATION, {"codes": sorted(set(ods_codes))})
+    rows = await fetch_all_on_driver(conn, _PG_DELIVERY_CONFIGURATION, {"codes": sorted(set(ods_codes))})
     subscriptions = [(row.key, _json(row.content)) for row in rows if row.kind == SUBSCRIPTION]
     endpoints = {row.key: Destination(ENDPOINT, row.key, Channel(row.address, _headers(_json_list(row.headers)),
                                                                  row.payload))
