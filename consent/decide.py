@@ -222,14 +222,21 @@ def _decisive(
     named: bool,
     *,
     root: bool = False,
+    through_glass: bool = False,
 ) -> list[ProvisionMatch]:
+    """`through_glass`: an enclosing provision matched only because break-glass reads as treatment. A
+    permit under it would not match without breaking the glass, so it does not count (fail safe)."""
     if not provision_matches(provision, ctx):
         return []
+    through_glass = through_glass or not _declared_purpose_ok(provision, ctx)
     labels = labels | provision.security_labels
     named = named or bool(provision.codes or provision.data_refs)
-    below = [m for child in provision.children for m in _decisive(child, consent, ctx, labels, named)]
+    below = [m for child in provision.children
+             for m in _decisive(child, consent, ctx, labels, named, through_glass=through_glass)]
     if below:
         return below
+    if through_glass and provision.type == "permit":
+        return []
     objection = root and consent.is_objection
     return [ProvisionMatch(consent.consent_id, provision.type, provision, objection, labels, named)]
 
@@ -276,6 +283,11 @@ def _purpose_ok(p: Provision, ctx: Context) -> bool:
     breaking the glass never makes a permit match that would not match without it."""
     purposes = ctx.purposes if p.type == "deny" else frozenset({ctx.requester.purpose})
     return not p.purposes or bool(purposes & {code for _, code in p.purposes})
+
+
+def _declared_purpose_ok(p: Provision, ctx: Context) -> bool:
+    """The provision's purposes match the requester's declared purpose (break-glass not read as treatment)."""
+    return not p.purposes or ctx.requester.purpose in {code for _, code in p.purposes}
 
 
 def _class_ok(p: Provision, ctx: Context) -> bool:

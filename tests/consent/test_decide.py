@@ -327,6 +327,20 @@ def test_a_deny_for_treatment_still_holds_under_break_glass() -> None:
     assert decide(request(purpose="HOPERAT"), res, [deny_treatment], [GP], NOW, POLICY).effect == "permit"
 
 
+def test_break_glass_does_not_reach_a_permit_nested_under_a_treatment_only_provision() -> None:
+    """A permit under a provision that matches only because break-glass reads as treatment would not
+    match without breaking the glass: it releases no label (the enclosing deny decides)."""
+    code = ("http://snomed.info/sct", "21897009")
+    nested = Provision("deny", purposes=frozenset({("", "TREAT")}), codes=frozenset({code}),
+                       provisions=(Provision("deny", provisions=(Provision("permit"),)),))
+    res = resource(labels=frozenset({PSY}), codes=frozenset({code}))
+    rels = [relationship("RR8", kind="care-team")]
+    plain = decide(request("RR8", purpose="HOPERAT"), res, [consent(nested)], rels, NOW, POLICY)
+    glass = decide(request("RR8", purpose="HOPERAT", break_glass=True), res, [consent(nested)], rels, NOW, POLICY)
+    assert (plain.effect, plain.rule) == ("withhold", "sensitive")
+    assert glass.effect != "permit"
+
+
 def test_request_level_explanation_leaves_resource_rules_out() -> None:
     verdicts = {v.rule: v for v in explain_patient(request(), "Condition", PATIENT, [OBJECTION], [GP], NOW, POLICY)}
     assert not verdicts["objection"].applies and not verdicts["sensitive"].applies
