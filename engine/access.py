@@ -546,7 +546,7 @@ class AccessGate:
         now: datetime, restriction: ColumnElement[bool], params: dict[str, Any],
     ) -> tuple[SearchPage, bool, bool]:
         """A search about one patient: the page, whether Consents may withhold rows, whether labelled data
-        of the type is hidden. The patient's context and the page statement go in one round trip; with no
+        of the type is hidden. The patient's context and the page are one statement (one snapshot); with no
         relationship and no break-glass (or an objection) the search is refused and the page discarded."""
         plan = plan_page(request, restriction=restriction, restriction_values=params)
         context_query = contexts_query([pinned], user_id=who.user_id, orgs=viewer.orgs, now=naive_utc(now),

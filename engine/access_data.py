@@ -205,7 +205,9 @@ class PolicySql:
                  for system, code in sorted(self.policy.restricting_labels)]
         if not pairs:
             return false()
-        return exists().where(idx_token.c.res_pk == resources.c.pk, idx_token.c.param == "_security", or_(*pairs))
+        # `labelled` first: rows without any security label (nearly all) skip the index lookup.
+        return and_(resources.c.labelled, exists().where(idx_token.c.res_pk == resources.c.pk,
+                                                         idx_token.c.param == "_security", or_(*pairs)))
 
     def _related(self, patient: ColumnElement[Any]) -> ColumnElement[bool]:
         """`patient` has a live care relationship with one of :acc_orgs at :acc_now."""

@@ -28,18 +28,21 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 from psycopg import AsyncConnection as PsycopgConnection
 from psycopg import AsyncRawCursor
 from psycopg.rows import namedtuple_row
-from sqlalchemy import TextClause
+from sqlalchemy import CompoundSelect, TextClause, cast, func, literal, null, select, union_all
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.types import NullType
 
 _EXPANDING = re.compile(r"(NOT )?IN \(__\[POSTCOMPILE_(\w+)\]\)")
 _POSTCOMPILE = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
@@ -223,12 +226,70 @@ class DirectConnection:
 
 
 async def execute_together(conn: Any, statements: Sequence[tuple[ClauseElement, Mapping[str, Any] | None]]
-                           ) -> list[Any]:
-    """`statements` (independent of each other) in one round trip on a DirectConnection, one after the
-    other on a SQLAlchemy connection; each one's rows as a list."""
-    if isinstance(conn, DirectConnection):
-        return [result.all() for result in await conn.execute_together(statements)]
-    return [(await conn.execute(statement, parameters)).all() for statement, parameters in statements]
+                           ) -> list[list[Any]]:
+    """`statements` (independent SELECTs) in one round trip; each one's rows as a list of tuples.
+
+    They run as one statement (`combined`), so they also read one snapshot, and on PostgreSQL one
+    statement costs the server and the driver less than a pipeline of several. Statements whose
+    values would collide under one name run one after the other (pipelined on a DirectConnection).
+    """
+    values = _merged_values(statements)
+    if len(statements) < 2 or values is None:
+        if isinstance(conn, DirectConnection):
+            return [result.all() for result in await conn.execute_together(statements)]
+        return [(await conn.execute(statement, parameters)).all() for statement, parameters in statements]
+    together = combined(tuple(statement for statement, _ in statements))
+    return together.split((await conn.execute(together.statement, values)).all())
+
+
+@dataclass(frozen=True, slots=True)
+class Combined:
+    """Several SELECTs as one `UNION ALL`: each row says which statement it belongs to (`branch`) and
+    where it came in that statement's order (`ordinal`), then carries every statement's columns, NULL
+    but for its own."""
+
+    statement: CompoundSelect
+    columns: tuple[slice, ...]  # where each statement's own columns sit in a row
+
+    def split(self, rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+        """The rows of each statement, in its own order, as tuples of its own columns."""
+        out: list[list[Any]] = [[] for _ in self.columns]
+        for row in sorted(rows, key=itemgetter(0, 1)):
+            out[row[0]].append(tuple(row[self.columns[row[0]]]))
+        return out
+
+
+@lru_cache(maxsize=256)
+def combined(statements: tuple[ClauseElement, ...]) -> Combined:
+    """`statements` as one statement (built once per tuple of statements, so it compiles once)."""
+    subqueries = [statement.subquery(f"s{i}") for i, statement in enumerate(statements)]  # type: ignore[attr-defined]
+    columns, start = [], 2
+    for sub in subqueries:
+        columns.append(slice(start, start + len(sub.c)))
+        start += len(sub.c)
+    branches = []
+    for i, own in enumerate(subqueries):
+        cells: list[Any] = []
+        for j, sub in enumerate(subqueries):
+            cells += [(column if j == i else _typed_null(column)).label(f"s{j}_{k}") for k, column in enumerate(sub.c)]
+        branches.append(select(literal(i).label("branch"), func.row_number().over().label("ordinal"), *cells)
+                        .select_from(own))
+    return Combined(union_all(*branches), tuple(columns))
+
+
+def _typed_null(column: Any) -> Any:
+    return null() if isinstance(column.type, NullType) else cast(null(), column.type)
+
+
+def _merged_values(statements: Sequence[tuple[ClauseElement, Mapping[str, Any] | None]]) -> dict[str, Any] | None:
+    """All the statements' values under one set of names; None when two give one name different values."""
+    merged: dict[str, Any] = {}
+    for _, parameters in statements:
+        for name, value in (parameters or {}).items():
+            if name in merged and merged[name] != value:
+                return None
+            merged[name] = value
+    return merged
 
 
 # -- inside a SQLAlchemy write transaction -----------------------------------------------------------------

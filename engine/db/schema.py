@@ -11,11 +11,14 @@ Times are stored as naive UTC datetimes on both back ends so that they compare t
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     Column,
+    Computed,
     DateTime,
     Float,
     Index,
@@ -26,6 +29,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
 
 metadata = MetaData(
     naming_convention={
@@ -38,6 +43,32 @@ metadata = MetaData(
 # BigInteger on PostgreSQL, INTEGER on SQLite (so that it aliases the rowid and autoincrements).
 PrimaryKeyInt = BigInteger().with_variant(Integer(), "sqlite")
 DocumentJSON = JSON().with_variant(JSONB(), "postgresql")
+
+
+class CarriesSecurityLabels(ColumnElement[bool]):
+    """`resources.content` has `meta.security` — the expression of the generated `labelled` column.
+
+    The access rules test a row's security labels in the search index; on the rows without any (nearly
+    all of them) this column lets them skip that lookup. The database computes it from the stored
+    document, so no write path can leave it wrong.
+    """
+
+    type = Boolean()
+    inherit_cache = True
+
+
+# The same SQL in the migration that adds the column (engine/db/migrations/versions/0006_labelled.py).
+LABELLED_SQL = {
+    "postgresql": "(content -> 'meta' -> 'security') IS NOT NULL",
+    "sqlite": "json_extract(content, '$.meta.security') IS NOT NULL",
+}
+
+
+@compiles(CarriesSecurityLabels, "postgresql")
+@compiles(CarriesSecurityLabels, "sqlite")
+def _labelled_sql(element: CarriesSecurityLabels, compiler: Any, **kw: Any) -> str:
+    return LABELLED_SQL[compiler.dialect.name]
+
 
 resources = Table(
     "resources",
@@ -52,6 +83,8 @@ resources = Table(
     Column("patient_id", String(64), nullable=True),
     # Null once deleted: the content of a deleted resource lives on in resource_versions.
     Column("content", DocumentJSON, nullable=True),
+    # Whether `content` carries security labels (computed by the database; see CarriesSecurityLabels).
+    Column("labelled", Boolean, Computed(CarriesSecurityLabels(), persisted=True), nullable=True),
     UniqueConstraint("res_type", "res_id"),
     Index(None, "res_type", "last_updated"),
     Index(None, "patient_id", "res_type"),

@@ -118,3 +118,72 @@ def test_the_gates_statements_agree_with_sqlalchemy(db, run, clean_store) -> Non
                 await load_contexts(via_sqlalchemy, ["direct-p"], **arguments)
 
     run(scenario())
+
+
+def test_statements_run_together_as_one_and_come_back_apart(db, run, clean_store) -> None:
+    """`execute_together` sends its SELECTs as one statement; each gets its own rows, in its own order
+    (a LIMITed ORDER BY DESC here), with its own columns — on SQLAlchemy connections and, on PostgreSQL,
+    on the direct one; values that collide under one name run the statements separately."""
+    from engine.db import repository
+    from engine.db.direct import combined, execute_together
+
+    now = datetime(2026, 1, 1)
+    newest = (select(resources.c.res_id, resources.c.version_id).where(resources.c.res_type == bindparam("t"))
+              .order_by(resources.c.res_id.desc()).limit(bindparam("n")))
+    count = select(bindparam("label"), bindparam("t"))
+    statements = [(newest, {"t": "Patient", "n": 2}), (count, {"label": "x", "t": "Patient"})]
+
+    async def scenario() -> list[list[list[tuple]]]:
+        async with db.write() as conn:
+            for n in range(3):
+                await repository.create(conn, {"resourceType": "Patient", "id": f"together-{n}"},
+                                        res_id=f"together-{n}", now=now)
+        seen = []
+        async with db.read() as conn:
+            seen.append(await execute_together(conn, statements))
+            seen.append(await execute_together(conn, [(newest, {"t": "Patient", "n": 2}),
+                                                      (count, {"label": "x", "t": "Observation"})]))
+        if db.is_postgres:
+            async with db.direct() as direct:
+                seen.append(await execute_together(direct, statements))
+        return seen
+
+    together, apart, *direct = run(scenario())
+    assert together == [[("together-2", 1), ("together-1", 1)], [("x", "Patient")]]
+    assert apart == [[("together-2", 1), ("together-1", 1)], [("x", "Observation")]]
+    assert direct in ([], [together])
+    assert combined((newest, count)) is combined((newest, count))  # built, so compiled, once
+
+
+def test_labelled_is_computed_from_meta_security(db, run, clean_store) -> None:
+    """`resources.labelled` (the access rules' shortcut past the label lookup) follows the stored
+    document on every write: created, updated with and without labels, deleted."""
+    from engine.db import repository
+
+    now = datetime(2026, 1, 1)
+    labels = {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]}
+
+    async def labelled(res_id: str) -> bool | None:
+        async with db.read() as conn:
+            query = select(resources.c.labelled).where(resources.c.res_type == "Patient",
+                                                       resources.c.res_id == res_id)
+            return (await conn.execute(query)).scalar_one()
+
+    async def scenario() -> list[bool | None]:
+        seen = []
+        async with db.write() as conn:
+            await repository.create(conn, {"resourceType": "Patient", "id": "lab-1", "meta": labels},
+                                    res_id="lab-1", now=now)
+            await repository.create(conn, {"resourceType": "Patient", "id": "lab-2"}, res_id="lab-2", now=now)
+        seen += [await labelled("lab-1"), await labelled("lab-2")]
+        async with db.write() as conn:
+            await repository.update(conn, {"resourceType": "Patient", "id": "lab-1"}, res_id="lab-1", now=now)
+            await repository.update(conn, {"resourceType": "Patient", "id": "lab-2", "meta": labels},
+                                    res_id="lab-2", now=now)
+        seen += [await labelled("lab-1"), await labelled("lab-2")]
+        async with db.write() as conn:
+            await repository.delete_resource(conn, "Patient", "lab-2", now=now)
+        seen.append(await labelled("lab-2"))
+        return seen
+
+    assert [bool(flag) for flag in run(scenario())] == [True, False, False, True, False]
