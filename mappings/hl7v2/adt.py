@@ -13,7 +13,8 @@ Each event is one row of `ADT_EVENTS`: what the message is about ("visit", "pati
 | patient | A28 A31                                    | Patient (+GP, RelatedPerson), AllergyIntolerance, Condition  |
 | merge   | A34 A40                                    | the survivor Patient, and Action("merge", Merge(survivor, old)) |
 
-A04 and A08 carry a visit only when PV1 identifies one (PV1-19 or PV1-44, `encounter.has_visit`).
+A04 and A08 carry a visit only when PV1 identifies one (PV1-19 or PV1-44, `encounter.has_visit`); an
+A01 whose PV1 has neither is identified by its MSH-10 (`encounter.identified_by_message`).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def event_time(message: Message) -> datetime | None:
 
 def local_patient_id(patient: PatientMapping, sender: SenderConfig) -> str:
     """The sender's own number for the patient (its MRN), else any local number, else the NHS number:
-    the patient part of an Encounter id when PV1-19 is empty."""
+    the patient part of an Encounter id when PV1-19 is empty (`encounter.encounter_id`)."""
     own = sender.system_for("mrn")
     local = [i for i in patient.key.local if i.system == own] or list(patient.key.local)
     return local[0].value if local else (patient.key.nhs_number or patient.patient_id)
@@ -135,7 +136,7 @@ def map_visit_event(message: Message, sender: SenderConfig) -> MappingResult:
     """A01 A02 A03 A04 A05 A08 A11 A12 A13: Patient, Encounter (when PV1 identifies a visit), AL1, DG1."""
     patient = map_patient(message, sender)
     encounter = map_encounter(message.first("PV1"), message.first("PV2"), message.trigger, patient.patient_id,
-                              local_patient_id(patient, sender), sender)
+                              local_patient_id(patient, sender), message.control_id, sender)
     clinical = map_clinical(message.all("AL1"), message.all("DG1"), patient.patient_id,
                             subject_key(patient.key, sender), encounter.encounter_id if encounter else None, sender)
     resources = [*patient.resources]
@@ -144,7 +145,8 @@ def map_visit_event(message: Message, sender: SenderConfig) -> MappingResult:
             encounter.encounter["diagnosis"] = clinical.diagnoses
         resources += encounter.resources
     resources += clinical.resources
-    return _result(message, "visit", resources, patient, clinical.warnings)
+    warnings = [*(encounter.warnings if encounter else ()), *clinical.warnings]
+    return _result(message, "visit", resources, patient, warnings)
 
 
 def map_patient_event(message: Message, sender: SenderConfig) -> MappingResult:

@@ -3,13 +3,14 @@
 Normative source: the HL7 v2-to-FHIR IG datatype maps (http://hl7.org/fhir/uv/v2mappings, "Data Type
 Maps": CX[Identifier], XPN[HumanName], XAD[Address], XTN[ContactPoint], CWE[CodeableConcept],
 CWE[Coding], DTM[dateTime], XCN[Practitioner], PL[Location], HD[Organization], HD[uri],
-EI[Identifier-System], XON[Organization]). Where UK practice differs (NHS ITK HL7 v2 ADT
-specification; UK Core) the function says so.
+EI[Identifier-System], XON[Organization], CX[string], FN[HumanName]). Where UK practice differs (NHS
+ITK HL7 v2 ADT specification; UK Core) the function says so.
 
 Every function takes one field repetition (`Field` from `adapters/hl7v2/parser.py`, or anything with
-its `component(i)` / `subcomponent(i, j)` / `is_null` interface) and returns a FHIR JSON dict — or
-None when the repetition carries nothing usable. They never raise on odd input: empty components,
-the explicit null `""` and malformed dates simply leave elements out. Text is trimmed.
+its `component(i)` / `subcomponent(i, j)` / `is_null` interface) and returns a FHIR JSON dict (a
+string for the `*_string` renderings) — or None when the repetition carries nothing usable. They
+never raise on odd input: empty components, the explicit null `""` and malformed dates simply leave
+elements out. Text is trimmed.
 
 Pure: no I/O, no clock. Reused by every message map (ADT, ORU, ORM/OML, MDM, SIU).
 """
@@ -702,6 +703,51 @@ def _xtn_value(f: FieldLike | None, equipment: str) -> str:
         number = f"+{comp(f, 5)} {number}" if comp(f, 5) else number
         return f"{number} X{comp(f, 8)}" if comp(f, 8) else number
     return comp(f, 1) or comp(f, 4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Datatypes as text: the IG's [string] maps, and a readable rendering where R4 has no element of the
+# structured type (OBX-5 of OBX-2 XAD, XTN, CX, FN → Observation.valueString, `results.VALUE_MAPS`)
+
+
+def cx_string(f: FieldLike | None) -> str | None:
+    """CX → string (IG CX[string]: CX.1 → $value): the ID number alone. Example: `10614^^^RR8^MR` → "10614"."""
+    return comp(f, 1) or None
+
+
+def fn_string(f: FieldLike | None) -> str | None:
+    """FN → string: the surname FN.1, which IG FN[HumanName] maps to HumanName.family (and XPN[string] writes
+    as the name). FN.2-5 only decompose FN.1 (own and partner's prefix and surname); without FN.1, which
+    HL7 v2.5 §2A.30 requires, there is no name: None. Example: `de Vries^de^Vries` → "de Vries"."""
+    return comp(f, 1) or None
+
+
+def address_text(address: JSON) -> str:
+    """An Address written on one line, as a UK address is read out: its lines, city, district, county
+    (state), postcode and country, joined by ", "."""
+    places = (address.get(k, "") for k in ("city", "district", "state", "postalCode", "country"))
+    return ", ".join(p for p in (*address.get("line", []), *places) if p)
+
+
+def xad_string(f: FieldLike | None) -> str | None:
+    """XAD → string: the elements IG XAD[Address] maps (`xad_address`) written on one line (`address_text`);
+    XAD.7 use/type and the validity period are not part of the text.
+
+    Example: `1 HIGH STREET^FLAT 2^LEEDS^WEST YORKSHIRE^LS1 4AB^GBR^H` →
+    "1 HIGH STREET, FLAT 2, LEEDS, WEST YORKSHIRE, LS1 4AB, GBR".
+    """
+    address = xad_address(f)
+    return address_text(address) if address else None
+
+
+def xtn_string(f: FieldLike | None) -> str | None:
+    """XTN → string: what IG XTN[ContactPoint] puts in ContactPoint.value (`xtn_contact_point`): XTN.4 for
+    e-mail, else XTN.12, else the number built from XTN.5-8, else XTN.1.
+
+    Example: `^WPN^PH^^44^113^4960000` → "+44 113 4960000"; `^NET^Internet^ward12@nhs.net` → "ward12@nhs.net".
+    """
+    point = xtn_contact_point(f)
+    return point.get("value") if point else None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,7 +6,14 @@ PL[Location], XCN[Practitioner]. UK practice (UK-REFERENCE.md §1, §3; NHS ITK 
 wins where they differ, as commented: status by trigger, PV1-4 admission method and PV1-36
 discharge method as UK Core extensions, PV1-14 / PV1-37 with the NHS Data Dictionary code systems.
 
-Pure: `(PV1, PV2, trigger, patient, SenderConfig) → EncounterMapping | None` or `MappingError`.
+Identity (DESIGN.md #4, `encounter_id`): (sender ODS, PV1-19 visit number), the UK Encounter identity
+(UK-REFERENCE §3); else (sender ODS, the patient's MRN, PV1-44 admit time). An A01 with neither still
+records the admission, as the IG's ADT_A01 map creates an Encounter from every PV1: its id comes from
+the message itself, (sender ODS, MRN, MSH-10 control id), so a replay or re-send of that A01 gives the
+same id. Limitation, reported as a warning: nothing in a later message names that id, so an A02, A03,
+A08 or A11 about the same stay cannot be matched to it (an A03 without PV1-19 or PV1-44 is still a 101).
+
+Pure: `(PV1, PV2, trigger, patient, MSH-10, SenderConfig) → EncounterMapping | None` or `MappingError`.
 """
 
 from __future__ import annotations
@@ -47,8 +54,15 @@ PLANNED_START_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension
 PLANNED_END_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedEndDate"
 UCUM = "http://unitsofmeasure.org"
 
-# Triggers whose Encounter must be identifiable: without PV1-19 or PV1-44 they are an error.
+# Triggers whose Encounter must be identifiable: without PV1-19 or PV1-44 they are an error, unless the
+# message itself may identify it (below).
 VISIT_TRIGGERS = frozenset({"A01", "A02", "A03", "A05", "A11", "A12", "A13"})
+# Triggers that start a stay (A01 admit): without PV1-19 or PV1-44 the Encounter is identified by the message's
+# MSH-10, so the admission is not lost. Not A05: a pre-admission's Encounter is made current by the A01 that
+# follows it, which it could never be matched to; nor A04, whose visit is optional (`has_visit`).
+MESSAGE_IDENTIFIED_TRIGGERS = frozenset({"A01"})
+UNMATCHABLE_VISIT_WARNING = ("PV1 #1: PV1-19 visit number and PV1-44 admit time are empty; the Encounter is "
+                             "identified by this message's MSH-10, so later messages about the stay cannot update it")
 # Location roles: PV1 field → Encounter.location.status (IG PV1-3 active/planned, PV1-6 completed,
 # PV1-11 active (temporary), PV1-42 reserved).
 LOCATION_FIELDS: tuple[tuple[int, str], ...] = ((3, "active"), (6, "completed"), (11, "active"), (42, "reserved"))
@@ -61,6 +75,7 @@ class EncounterMapping:
     encounter: JSON
     encounter_id: str
     before: tuple[JSON, ...]  # Organization, Practitioners, Locations
+    warnings: tuple[str, ...] = ()
 
     @property
     def resources(self) -> list[JSON]:
@@ -80,12 +95,23 @@ def has_visit(pv1: Segment | None) -> bool:
     return pv1 is not None and bool(comp(pv1.field(19), 1) or comp(pv1.field(44), 1))
 
 
-def encounter_id(pv1: Segment, sender: SenderConfig, patient_local_id: str) -> str:
-    """Encounter id from (sender ODS, PV1-19 visit number); without one, from (sender, MRN, PV1-44)."""
+def identified_by_message(pv1: Segment, trigger: str, control_id: str) -> bool:
+    """Whether the message, not the PV1, identifies the Encounter: an A01 (`MESSAGE_IDENTIFIED_TRIGGERS`)
+    without PV1-19 or PV1-44, and with an MSH-10 message control id (HL7 v2.5 ch. 2 MSH-10, required)."""
+    return trigger in MESSAGE_IDENTIFIED_TRIGGERS and not has_visit(pv1) and bool(control_id.strip())
+
+
+def encounter_id(pv1: Segment, sender: SenderConfig, patient_local_id: str, control_id: str) -> str:
+    """Encounter id from (sender ODS, PV1-19 visit number); without one, from (sender, MRN, PV1-44); without
+    either, from (sender, MRN, "MSH-10", the message control id): MSH-10 is unique per sender, and the MRN
+    keeps a sender's reused control id from joining two patients' stays (see the module docstring)."""
     visit = comp(pv1.field(19), 1)
     if visit:
         return resource_id("Encounter", sender.ods_code, visit)
-    return resource_id("Encounter", sender.ods_code, patient_local_id, comp(pv1.field(44), 1))
+    admitted = comp(pv1.field(44), 1)
+    if admitted:
+        return resource_id("Encounter", sender.ods_code, patient_local_id, admitted)
+    return resource_id("Encounter", sender.ods_code, patient_local_id, "MSH-10", control_id)
 
 
 def status_from_times(pv1: Segment) -> str:
@@ -274,20 +300,22 @@ def participants(pv1: Segment, pv2: Segment | None, sender: SenderConfig) -> tup
 
 
 def map_encounter(pv1: Segment | None, pv2: Segment | None, trigger: str, patient_id: str, patient_local_id: str,
-                  sender: SenderConfig) -> EncounterMapping | None:
+                  control_id: str, sender: SenderConfig) -> EncounterMapping | None:
     """PV1/PV2 → Encounter with its Locations, Practitioners and the sender Organization.
 
     None when the PV1 identifies no visit (see `has_visit`) and the trigger does not need one;
-    `MappingError` 101 at PV1-19 when it does (A01 A02 A03 A05 A11 A12 A13).
+    `MappingError` 101 at PV1-19 when it does (A01 A02 A03 A05 A11 A12 A13), except an A01 with an
+    MSH-10 `control_id`, which the message identifies (`identified_by_message`, with a warning).
     """
-    if pv1 is None or not has_visit(pv1):
+    if pv1 is None or not (has_visit(pv1) or identified_by_message(pv1, trigger, control_id)):
         if trigger in VISIT_TRIGGERS:
             raise MappingError(REQUIRED_FIELD_MISSING, f"ADT^{trigger} needs PV1-19 visit number or PV1-44 admit "
                                "date/time to identify the Encounter", ErrorLocation("PV1", 1, 19))
         return None
     body, before = encounter_body(pv1, pv2, trigger, patient_id, sender)
-    enc_id = encounter_id(pv1, sender, patient_local_id)
-    return EncounterMapping(finish_resource(body, enc_id, sender.security_labels), enc_id, before)
+    enc_id = encounter_id(pv1, sender, patient_local_id, control_id)
+    warnings = () if has_visit(pv1) else (UNMATCHABLE_VISIT_WARNING,)
+    return EncounterMapping(finish_resource(body, enc_id, sender.security_labels), enc_id, before, warnings)
 
 
 def encounter_body(pv1: Segment, pv2: Segment | None, trigger: str, patient_id: str,

@@ -15,9 +15,12 @@ in `orders_datatypes.py`. Choices the IG leaves open, made here and tested:
   one Observation whose valueString joins them with line feeds, as OBX-5 repetitions are joined.
 - Observation.effective is OBX-14, else the report's OBR-7/OBR-8; Observation.issued is OBR-22;
   Observation.category follows OBR-24 (laboratory or imaging sections of table 0074).
+- OBX-2 XAD, XTN, CX and FN (an address, telecom, identifier or family name as the result, e.g. a
+  birth hospital's address) have no IG OBX-5 row, and R4 Observation.value[x] allows none of Address,
+  ContactPoint, Identifier, HumanName: valueString holding the readable text (`TEXT_RENDERINGS`).
 - OBX-5 that does not fit its OBX-2 (e.g. "<5" in an NM, common in UK labs) is kept: a comparator
   where the IG's SN rules allow, else valueString with a warning. An OBX-2 this map has no rule for
-  is a 102 error at OBX-2; an OBX before any OBR is a 100; an OBX without OBX-3 a 101.
+  (RP, EI, NA) is a 102 error at OBX-2; an OBX before any OBR is a 100; an OBX without OBX-3 a 101.
 - NTE after an OBX → Observation.note; NTE after the OBR → the R5 DiagnosticReport.note extension
   (R4 has no DiagnosticReport.note); NTE after PID is reported as unmapped.
 - With an ORC, the order's ServiceRequest is produced too (`orders.service_request`) and referenced
@@ -41,13 +44,17 @@ from mappings.hl7v2.datatypes import (
     code_concept,
     comp,
     cwe_codeable_concept,
+    cx_string,
     dr_period,
     ei_identifier,
+    fn_string,
     in_sender_time_zone,
     practitioner_from_xcn,
     reference,
     sender_organization,
     v2_to_fhir_datetime,
+    xad_string,
+    xtn_string,
 )
 from mappings.hl7v2.orders import ORDER_FIELDS_READ, OrderGroup, order_groups, service_request
 from mappings.hl7v2.orders_datatypes import (
@@ -129,6 +136,24 @@ def attachment_value(f: FieldLike, units: JSON) -> JSON | None:
     return {"extension": [{"url": VALUE_ATTACHMENT_EXTENSION, "valueAttachment": found}]} if found else None
 
 
+def text_value(render: Callable[[FieldLike], str | None]) -> ValueMap:
+    """An OBX-5 whose FHIR type R4 Observation.value[x] cannot hold → valueString with its rendering."""
+    return lambda f, u: _wrap("valueString", render(f))
+
+
+# OBX-2 types the IG's OBX[Observation] has no OBX-5 row for, and whose FHIR type (Address, ContactPoint,
+# Identifier, HumanName) is not one of R4 Observation.value[x]'s: valueString holding the readable text
+# (`datatypes.*_string`, built by the IG datatype maps), and no extension, since the IG names none. The
+# structured form is not lost for good: OBX-5 stays in the stored raw message. US newborn-screening
+# feeds send these (LOINC 62331-4 birth hospital address, 62328-0 provider phone, 62329-8 facility id).
+TEXT_RENDERINGS: dict[str, Callable[[FieldLike], str | None]] = {
+    "XAD": xad_string,   # XAD[Address] elements on one line
+    "XTN": xtn_string,   # XTN[ContactPoint].value
+    "CX": cx_string,     # CX[string]: CX.1
+    "FN": fn_string,     # FN[HumanName].family: FN.1
+}
+
+
 VALUE_MAPS: dict[str, ValueMap] = {
     "NM": lambda f, u: _wrap("valueQuantity", nm_quantity(comp(f, 1), u)),
     "SN": sn_value,
@@ -143,6 +168,7 @@ VALUE_MAPS: dict[str, ValueMap] = {
     "VR": lambda f, u: _wrap("valueString", "-".join(p for p in (comp(f, 1), comp(f, 2)) if p)),
     "ED": attachment_value,
     **dict.fromkeys(TEXT_TYPES, lambda f, u: _wrap("valueString", field_text(f).strip())),
+    **{value_type: text_value(render) for value_type, render in TEXT_RENDERINGS.items()},
 }
 
 
@@ -501,7 +527,7 @@ def map_oru(message: Message, sender: SenderConfig) -> MappingResult:
 RESULT_MAPS: dict[str, Callable[[Message, SenderConfig], MappingResult]] = {"ORU^R01": in_sender_time_zone(map_oru)}
 
 __all__ = [
-    "JOINED_TEXT_TYPES", "OBX_MAP", "RESULT_FIELDS_READ", "RESULT_MAPS", "TEXT_TYPES", "VALUE_MAPS",
+    "JOINED_TEXT_TYPES", "OBX_MAP", "RESULT_FIELDS_READ", "RESULT_MAPS", "TEXT_RENDERINGS", "TEXT_TYPES", "VALUE_MAPS",
     "ObservationContext", "ObxGroup", "diagnostic_report", "group_observations", "map_oru", "observation",
     "observation_ids", "observation_value", "observations",
 ]

@@ -58,14 +58,10 @@ INCOMPLETE = {
                                                          "either a report has no identity to be updated by",
 }
 # Well-formed messages not accepted yet: mapping gaps, kept visible here and in the printed report.
-# When a gap is closed its messages become AA and the test names the entry to remove.
-GAPS = {
-    "OBX-2 value type 'XAD' is not supported": "OBX-5 as an address: no map yet",
-    "OBX-2 value type 'XTN' is not supported": "OBX-5 as a telecom: no map yet",
-    "OBX-2 value type 'CX' is not supported": "OBX-5 as an identifier: no map yet",
-    "OBX-2 value type 'FN' is not supported": "OBX-5 as a family name: no map yet",
-    "needs PV1-19 visit number or PV1-44": "A01 with neither visit number nor admit time: no Encounter identity",
-}
+# When a gap is closed its messages become AA and the test names the entry to remove. None open: OBX-2
+# XAD/XTN/CX/FN map to valueString (mappings/hl7v2/results.py TEXT_RENDERINGS), and an A01 without PV1-19
+# or PV1-44 is identified by its MSH-10 (mappings/hl7v2/encounter.py identified_by_message).
+GAPS: dict[str, str] = {}
 
 
 @dataclass

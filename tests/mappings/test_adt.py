@@ -38,8 +38,9 @@ def seg(name: str, fields: dict[int, str]) -> str:
     return name + "|" + "|".join(fields.get(i, "") for i in range(1, max(fields) + 1))
 
 
-def message(trigger: str, *segments: str, msh7: str = "20240301101500", facility: str = "RR8") -> Message:
-    msh = f"MSH|^~\\&|PAS|{facility}|SC|SC|{msh7}||ADT^{trigger}|1|P|2.4"
+def message(trigger: str, *segments: str, msh7: str = "20240301101500", facility: str = "RR8",
+            control_id: str = "1") -> Message:
+    msh = f"MSH|^~\\&|PAS|{facility}|SC|SC|{msh7}||ADT^{trigger}|{control_id}|P|2.4"
     return parse_message("\r".join([msh, *segments]))
 
 
@@ -277,10 +278,58 @@ def test_encounter_id_without_visit_number_uses_mrn_and_admit_time() -> None:
     assert "identifier" not in encounter
 
 
-def test_visit_needed_but_absent_is_an_error() -> None:
+@pytest.mark.parametrize("trigger", ["A02", "A03", "A05", "A11", "A12", "A13"])
+def test_visit_needed_but_absent_is_an_error(trigger: str) -> None:
+    """These name a stay that must already be known (or, A05, one its A01 must find): no PV1-19/44, no match."""
     with pytest.raises(MappingError) as caught:
-        run(message("A01", pid(), pv1(p19=None, p44=None)))
+        run(message(trigger, pid(), pv1(p19=None, p44=None), control_id="RR8-9"))
     assert (caught.value.code, caught.value.location) == (REQUIRED_FIELD_MISSING, ErrorLocation("PV1", 1, 19))
+
+
+def test_a01_without_visit_number_or_admit_time_is_identified_by_its_message() -> None:
+    """No admission is lost: the Encounter's id comes from (sender, MRN, MSH-10), with a warning saying why."""
+    result = run(message("A01", pid(), pv1(p19=None, p44=None), control_id="RR8-A01-77"))
+    encounter = only(result, "Encounter")
+    assert encounter["id"] == resource_id("Encounter", "RR8", "RR81234567", "MSH-10", "RR8-A01-77")
+    assert encounter["status"] == "in-progress" and encounter["class"]["code"] == "IMP"
+    assert "identifier" not in encounter and "period" not in encounter
+    assert encounter["location"][0]["status"] == "active"
+    assert any("MSH-10" in w and "cannot update it" in w for w in result.warnings)
+
+
+def test_a01_identified_by_its_message_is_stable_and_never_shared() -> None:
+    """A replay or re-send gives the same id; another message, or another patient's, a different one."""
+    def encounter_id(control_id: str, mrn: str = "RR81234567") -> str:
+        msg = message("A01", pid(p3=f"{mrn}^^^RR8^MR"), pv1(p19=None, p44=None), control_id=control_id)
+        return only(run(msg), "Encounter")["id"]
+
+    assert encounter_id("RR8-1") == encounter_id("RR8-1")
+    assert len({encounter_id("RR8-1"), encounter_id("RR8-2"), encounter_id("RR8-1", mrn="RR87654321")}) == 3
+
+
+def test_a01_identified_by_its_message_keys_its_diagnosis_on_that_encounter() -> None:
+    result = run(message("A01", pid(), pv1(p19=None, p44=None), seg("DG1", {1: "1", 3: "J18.9^Pneumonia^I10"}),
+                         control_id="RR8-A01-78"))
+    encounter, condition = only(result, "Encounter"), only(result, "Condition")
+    assert condition["encounter"] == {"reference": f"Encounter/{encounter['id']}"}
+    assert encounter["diagnosis"][0]["condition"]["reference"] == f"Condition/{condition['id']}"
+
+
+def test_a01_with_a_visit_has_no_identity_warning() -> None:
+    assert not [w for w in run(message("A01", pid(), pv1(p19=None), control_id="RR8-3")).warnings if "MSH-10" in w]
+
+
+def test_a01_without_visit_or_control_id_is_an_error() -> None:
+    with pytest.raises(MappingError) as caught:
+        run(message("A01", pid(), pv1(p19=None, p44=None), control_id=""))
+    assert (caught.value.code, caught.value.location) == (REQUIRED_FIELD_MISSING, ErrorLocation("PV1", 1, 19))
+
+
+def test_a03_cannot_close_an_a01_identified_by_its_message() -> None:
+    """The documented limitation: the discharge names no visit either, so it cannot find the stay."""
+    run(message("A01", pid(), pv1(p19=None, p44=None), control_id="RR8-A01-79"))
+    with pytest.raises(MappingError):
+        run(message("A03", pid(), pv1(p19=None, p44=None, p45="202403051100"), control_id="RR8-A03-79"))
 
 
 @pytest.mark.parametrize("trigger", ["A04", "A08"])

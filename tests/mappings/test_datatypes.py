@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -168,6 +169,28 @@ def test_xtn(raw: str, default: str | None, expected: dict) -> None:
 
 def test_xtn_empty_is_none() -> None:
     assert dt.xtn_contact_point(Field("^PRN^PH")) is None
+
+
+# --- datatypes as text (OBX-5 of OBX-2 XAD, XTN, CX, FN; IG CX[string], FN[HumanName]) --------------------
+
+
+@pytest.mark.parametrize(("render", "raw", "expected"), [
+    (dt.xad_string, "1 HIGH STREET^FLAT 2^LEEDS^WEST YORKSHIRE^LS1 4AB^GBR^H",
+     "1 HIGH STREET, FLAT 2, LEEDS, WEST YORKSHIRE, LS1 4AB, GBR"),
+    (dt.xad_string, "1 HIGH ST&STREET&FLAT 3^^LEEDS^^^^M", "1 HIGH ST, STREET, FLAT 3, LEEDS"),
+    (dt.xad_string, "^^^^LS1 4AB", "LS1 4AB"),
+    (dt.xad_string, "^^^^^^H", None),
+    (dt.xtn_string, "0113 496 0000^WPN^PH", "0113 496 0000"),
+    (dt.xtn_string, "^WPN^PH^^44^113^4960000^12", "+44 113 4960000 X12"),
+    (dt.xtn_string, "^NET^Internet^ward12@nhs.net", "ward12@nhs.net"),
+    (dt.xtn_string, "^PRN^PH", None),
+    (dt.cx_string, "RR81234567^^^RR8^MR", "RR81234567"),
+    (dt.cx_string, "^^^RR8^MR", None),
+    (dt.fn_string, "de Vries^de^Vries", "de Vries"),
+    (dt.fn_string, "^182", None),
+])
+def test_datatype_as_text(render: Callable[[Field], str | None], raw: str, expected: str | None) -> None:
+    assert render(Field(raw)) == expected
 
 
 # --- coded values ---------------------------------------------------------------------------------

@@ -288,6 +288,43 @@ def test_ed_without_data_is_no_value_not_an_error() -> None:
     assert "extension" not in found and found["dataAbsentReason"]["coding"][0]["code"] == "unknown"
 
 
+# No IG OBX-5 row and no R4 value[x] of their FHIR type: valueString with the readable text (results.TEXT_RENDERINGS).
+@pytest.mark.parametrize(("vt", "value", "expected"), [
+    ("XAD", "St James's University Hospital^Beckett Street^LEEDS^West Yorkshire^LS9 7TF^GBR^O",
+     "St James's University Hospital, Beckett Street, LEEDS, West Yorkshire, LS9 7TF, GBR"),
+    ("XAD", "14 Park Row&Park Row&Flat 3^^LEEDS", "14 Park Row, Park Row, Flat 3, LEEDS"),
+    ("XTN", "0113 243 3144^WPN^PH", "0113 243 3144"),
+    ("XTN", "^WPN^PH^^44^113^2433144", "+44 113 2433144"),
+    ("XTN", "^NET^Internet^leedsth.pathology@nhs.net", "leedsth.pathology@nhs.net"),
+    ("CX", "RR8^^^https://fhir.nhs.uk/Id/ods-organization-code^XX", "RR8"),
+    ("CX", "G8234567", "G8234567"),
+    ("FN", "Ó Súilleabháin", "Ó Súilleabháin"),
+    ("FN", "de Vries^de^Vries", "de Vries"),
+])
+def test_address_telecom_identifier_and_family_name_are_text(vt: str, value: str, expected: str) -> None:
+    found = one_observation(obx(vt=vt, code="X^x^L", value=value))
+    assert found["valueString"] == expected
+    assert "extension" not in found and "dataAbsentReason" not in found
+
+
+def test_repeated_addresses_are_components_with_text() -> None:
+    found = one_observation(obx(vt="XAD", code="ADDR^Addresses^L", value="1 High Street^^LEEDS~2 Low Road^^YORK"))
+    assert [c["valueString"] for c in found["component"]] == ["1 High Street, LEEDS", "2 Low Road, YORK"]
+
+
+@pytest.mark.parametrize(("vt", "value"), [("FN", "^182"), ("XTN", "^WPN^PH"), ("CX", "^^^RR8^MR")])
+def test_text_rendered_type_without_its_main_part_is_kept_as_sent_with_a_warning(vt: str, value: str) -> None:
+    """FN without FN.1, XTN without a number, CX without CX.1: not a valid value of the type, kept as text."""
+    result = run(oru(OBR, obx(vt=vt, value=value)))
+    assert of_type(result, "Observation")[0]["valueString"] == value
+    assert any(f"not a valid {vt}" in w for w in result.warnings)
+
+
+def test_empty_address_is_no_value() -> None:
+    found = one_observation(obx(vt="XAD", value=""))
+    assert "valueString" not in found and found["dataAbsentReason"]["coding"][0]["code"] == "unknown"
+
+
 @pytest.mark.parametrize("vt", ["RP", "EI", "NA", "XYZ"])
 def test_unsupported_value_type_is_102_at_obx2(vt: str) -> None:
     error = errors_with(oru(OBR, obx(1), obx(2, vt=vt, code="X^x^L", value="1")))
@@ -400,7 +437,7 @@ _TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_cha
 _NUMBER = st.one_of(st.integers(-10**6, 10**9).map(str), st.floats(-1e6, 1e6, allow_nan=False).map(lambda f: f"{f:.3f}"),
                     st.sampled_from(["", "<5", ">=2.5", "1e5", ".5", "-", "NaN", '""']))
 _VALUE_TYPES = st.sampled_from(["NM", "SN", "ST", "TX", "FT", "CE", "CWE", "CNE", "IS", "DT", "DTM", "TS", "TM", "DR",
-                                "NR", "VR", "ED", "", "RP", "ZZ"])
+                                "NR", "VR", "ED", "XAD", "XTN", "CX", "FN", "", "RP", "ZZ"])
 
 
 @st.composite
