@@ -43,7 +43,7 @@ def chain_hash(prev_hash: str, seq: int, record: bytes) -> str:
 
 def entity_key(reference: str) -> str:
     """The indexed form of an entity reference: `Type/id` without a `/_history/n` suffix."""
-    return "/".join(reference.split("/")[:2])
+    return reference if reference.count("/") < 2 else "/".join(reference.split("/")[:2])
 
 
 def indexed_columns(record: AuditRecord) -> dict[str, Any]:

@@ -36,7 +36,8 @@ from typing import Any
 
 from psycopg import AsyncConnection as PsycopgConnection
 from psycopg import AsyncRawCursor
-from psycopg.rows import namedtuple_row
+from psycopg.pq import ExecStatus
+from psycopg.rows import namedtuple_row, tuple_row
 from sqlalchemy import CompoundSelect, TextClause, cast, func, literal, null, select, union_all
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
@@ -203,12 +204,13 @@ class DirectConnection:
         self.statements = statements
         self.dialect = statements.dialect
 
-    async def execute(self, statement: ClauseElement, parameters: Mapping[str, Any] | None = None) -> DirectResult:
+    async def execute(self, statement: ClauseElement, parameters: Mapping[str, Any] | None = None, *,
+                      plain: bool = False) -> DirectResult:
+        """Run `statement`; its rows as named tuples (`plain`: as tuples, which cost less to make)."""
         compiled = self.statements.get(statement)
-        cursor = AsyncRawCursor(self.raw, row_factory=namedtuple_row)
+        cursor = AsyncRawCursor(self.raw, row_factory=tuple_row if plain else namedtuple_row)
         await cursor.execute(compiled.server_sql, compiled.positional(parameters))
-        rows = await cursor.fetchall() if cursor.description is not None else []
-        return DirectResult(rows)
+        return DirectResult(await _rows(cursor))
 
     async def execute_together(
         self, statements: Sequence[tuple[ClauseElement, Mapping[str, Any] | None]]
@@ -221,8 +223,14 @@ class DirectConnection:
                 cursor = AsyncRawCursor(self.raw, row_factory=namedtuple_row)
                 await cursor.execute(compiled.server_sql, compiled.positional(parameters))
                 cursors.append(cursor)
-        return [DirectResult(await cursor.fetchall() if cursor.description is not None else [])
-                for cursor in cursors]
+        return [DirectResult(await _rows(cursor)) for cursor in cursors]
+
+
+async def _rows(cursor: AsyncRawCursor[Any]) -> list[Any]:
+    """The cursor's rows; none for a statement that returns no rows (psycopg's `description` would tell
+    too, but builds a Column object for every column to do it)."""
+    result = cursor.pgresult
+    return await cursor.fetchall() if result is not None and result.status == ExecStatus.TUPLES_OK else []
 
 
 async def execute_together(conn: Any, statements: Sequence[tuple[ClauseElement, Mapping[str, Any] | None]]
@@ -239,6 +247,8 @@ async def execute_together(conn: Any, statements: Sequence[tuple[ClauseElement, 
             return [result.all() for result in await conn.execute_together(statements)]
         return [(await conn.execute(statement, parameters)).all() for statement, parameters in statements]
     together = combined(tuple(statement for statement, _ in statements))
+    if isinstance(conn, DirectConnection):
+        return together.split((await conn.execute(together.statement, values, plain=True)).all())
     return together.split((await conn.execute(together.statement, values)).all())
 
 
