@@ -1,4 +1,5 @@
-"""Database engines for the store: async SQLAlchemy on SQLite (aiosqlite) and PostgreSQL (psycopg 3).
+"""Database engines for the store: async SQLAlchemy on SQLite (aiosqlite) and PostgreSQL (psycopg 3),
+and on PostgreSQL an asyncpg pool for the hot paths' prebuilt statements (engine.db.direct).
 
 SQLite is made to behave like a server for our purposes: WAL journal, a busy timeout, and
 write transactions that start with `BEGIN IMMEDIATE` so that a conditional create's search and
@@ -21,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from engine.config import normalise_database_url
-from engine.db.direct import POSTGRES_STATEMENTS, DirectConnection
+from engine.db.direct import POSTGRES_STATEMENTS, DirectConnection, open_direct_pool
 
 
 def _json_serializer(value: object) -> str:
@@ -57,7 +58,7 @@ class Database:
     dialect: str
     reader: AsyncEngine | None = None
     pool_size: int = 10
-    # PostgreSQL: psycopg connections for `direct()`, opened on first use (engine.db.direct).
+    # PostgreSQL: asyncpg connections for `direct()`, opened on first use (engine.db.direct).
     _direct_pool: Any = field(default=None, init=False, repr=False)
     _direct_lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
 
@@ -81,7 +82,7 @@ class Database:
     async def direct(self, *, transaction: bool = False) -> AsyncIterator[AsyncConnection | DirectConnection]:
         """A connection for the hot paths' prebuilt statements (engine.db.direct).
 
-        PostgreSQL: a psycopg connection that runs them without SQLAlchemy's execution layer, in
+        PostgreSQL: an asyncpg connection that runs them without SQLAlchemy's execution layer, in
         autocommit, or inside one transaction with `transaction=True`. SQLite: the same as `read()`
         (or `write()`), since its execution cost is dominated by SQLite itself.
         """
@@ -90,7 +91,7 @@ class Database:
                 yield conn
             return
         pool = self._direct_pool or await self._open_direct_pool()
-        async with pool.connection() as raw:
+        async with pool.acquire() as raw:
             conn = DirectConnection(raw, POSTGRES_STATEMENTS)
             if transaction:
                 async with raw.transaction():
@@ -99,21 +100,12 @@ class Database:
                 yield conn
 
     async def _open_direct_pool(self) -> Any:
-        from psycopg_pool import AsyncConnectionPool
-
         if self._direct_lock is None:
             self._direct_lock = asyncio.Lock()
         async with self._direct_lock:
             if self._direct_pool is None:
                 url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                # Statements are prepared on their second run on a connection; generic plans, because
-                # re-planning a custom plan for every run costs PostgreSQL more than running the
-                # index-driven statements of the hot paths (0.5–0.9 ms against 0.1–0.3 ms).
-                pool = AsyncConnectionPool(url, min_size=1, max_size=self.pool_size, open=False,
-                                           kwargs={"autocommit": True, "prepare_threshold": 2,
-                                                   "options": "-c plan_cache_mode=force_generic_plan"})
-                await pool.open()
-                self._direct_pool = pool
+                self._direct_pool = await open_direct_pool(url, self.pool_size)
         return self._direct_pool
 
     @property

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from engine.db.direct import POSTGRES_STATEMENTS, DirectConnection
+from engine.db.direct import POSTGRES_STATEMENTS, DirectConnection, connect_direct
 from engine.db.schema import INDEX_TABLES, idx_number, metadata, resources
 from engine.search.extract import extract_index, patient_compartment
 from engine.search.paging import decode_cursor
@@ -64,7 +64,7 @@ class Store:
     runner: asyncio.Runner
     statements: list[str] = field(default_factory=list)
     clock: datetime = T0
-    raw: psycopg.AsyncConnection | None = None  # PostgreSQL: for engine.db.direct
+    raw: Any = None  # PostgreSQL: an asyncpg connection for engine.db.direct
 
     def run(self, coro_fn: Any) -> Any:
         async def go() -> Any:
@@ -74,11 +74,11 @@ class Store:
         return self.runner.run(go())
 
     def run_direct(self, coro_fn: Any) -> Any:
-        """`coro_fn` on a DirectConnection (PostgreSQL): the statements run on psycopg, as the gate runs them."""
+        """`coro_fn` on a DirectConnection (PostgreSQL): the statements run on asyncpg, as the gate runs them."""
         async def go() -> Any:
             if self.raw is None:
-                self.raw = await psycopg.AsyncConnection.connect(_conninfo(str(self.engine.url.render_as_string(
-                    hide_password=False))), autocommit=True)
+                self.raw = await connect_direct(self.engine.url.set(drivername="postgresql").render_as_string(
+                    hide_password=False))
             return await coro_fn(DirectConnection(self.raw, POSTGRES_STATEMENTS))
 
         return self.runner.run(go())
@@ -89,7 +89,7 @@ class Store:
     def search_request(self, req: SearchRequest) -> SearchPage:
         page = self.run(lambda conn: search(conn, req))
         if self.backend == "postgresql":
-            # Every search here also runs on psycopg directly (the access gate's executor) and must agree.
+            # Every search here also runs on asyncpg directly (the access gate's executor) and must agree.
             direct = self.run_direct(lambda conn: search(conn, req))
             assert direct == page, f"engine.db.direct disagrees for {req.items}"
         return page
