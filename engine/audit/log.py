@@ -46,6 +46,11 @@ def entity_key(reference: str) -> str:
     return reference if reference.count("/") < 2 else "/".join(reference.split("/")[:2])
 
 
+def entity_keys(record: AuditRecord) -> list[str]:
+    """The record's entities as indexed (`audit_log.entities`, and `audit_entities` rows on SQLite)."""
+    return list(dict.fromkeys(map(entity_key, record.entities)))
+
+
 def indexed_columns(record: AuditRecord) -> dict[str, Any]:
     """The columns of `audit_log` copied from a record for searching (verify re-derives them)."""
     return {
@@ -80,10 +85,11 @@ async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[
         seq += 1
         body = record_bytes(record)
         digest = chain_hash(prev, seq, body)
+        keys = entity_keys(record)
         rows.append({"seq": seq, **indexed_columns(record), "record": body.decode(), "prev_hash": prev,
-                     "hash": digest})
+                     "hash": digest, "entities": keys})
         patients += [{"patient_id": p, "seq": seq} for p in record.patient_ids]
-        entities += [{"reference": e, "seq": seq} for e in dict.fromkeys(map(entity_key, record.entities))]
+        entities += [{"reference": key, "seq": seq} for key in keys]
         prev = digest
     await conn.execute(insert(audit_log), rows)
     if patients:
@@ -100,12 +106,12 @@ async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[
 
 async def _append_postgres(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[int]:
     """The records as numbered rows (1, 2, …); `_PG_APPEND` numbers them after the head and chains them."""
-    rows, patients, entities = [], [], []
+    rows, patients = [], []
     for n, record in enumerate(records, start=1):
-        rows.append({"n": n, **indexed_columns(record), "record": record_bytes(record).decode()})
+        rows.append({"n": n, **indexed_columns(record), "record": record_bytes(record).decode(),
+                     "entities": entity_keys(record)})
         patients += [{"patient_id": p, "n": n} for p in record.patient_ids]
-        entities += [{"reference": e, "n": n} for e in dict.fromkeys(map(entity_key, record.entities))]
-    values = {"rows": _jsonb(rows), "patients": _jsonb(patients), "entities": _jsonb(entities)}
+    values = {"rows": _jsonb(rows), "patients": _jsonb(patients)}
     after = (await conn.execute(_PG_APPEND, values)).scalar()
     if after is None:  # no head yet: create the genesis head (idempotent, race-free), then append
         await conn.execute(_PG_GENESIS, {"hash": GENESIS_HASH})
@@ -127,18 +133,17 @@ class AuditChainBroken(RuntimeError):
 # nothing is inserted and NULL is returned.
 _PG_APPEND = text("""WITH RECURSIVE head AS (SELECT seq, hash FROM audit_chain_head WHERE id = 1 FOR UPDATE),
 x AS (SELECT * FROM jsonb_to_recordset(:rows) AS x(n int, recorded timestamp, kind text, user_id text,
- role text, org text, purpose text, action text, subtype text, outcome text, break_glass boolean, record text)),
+ role text, org text, purpose text, action text, subtype text, outcome text, break_glass boolean, record text,
+ entities text[])),
 chain AS (SELECT 0 AS n, seq, hash::text FROM head
  UNION ALL SELECT x.n, chain.seq + 1, encode(sha256(convert_to(chain.hash || E'\\n' || (chain.seq + 1)::text
  || E'\\n' || x.record, 'UTF8')), 'hex') FROM chain JOIN x ON x.n = chain.n + 1),
 l AS (INSERT INTO audit_log (seq, recorded, kind, user_id, role, org, purpose, action, subtype, outcome,
- break_glass, record, prev_hash, hash)
+ break_glass, record, prev_hash, hash, entities)
  SELECT c.seq, x.recorded, x.kind, x.user_id, x.role, x.org, x.purpose, x.action, x.subtype, x.outcome,
- x.break_glass, x.record, p.hash, c.hash FROM chain c JOIN x ON x.n = c.n JOIN chain p ON p.n = c.n - 1),
+ x.break_glass, x.record, p.hash, c.hash, x.entities FROM chain c JOIN x ON x.n = c.n JOIN chain p ON p.n = c.n - 1),
 p AS (INSERT INTO audit_patients (patient_id, seq) SELECT y.patient_id, head.seq + y.n
  FROM jsonb_to_recordset(:patients) AS y(patient_id text, n int), head),
-e AS (INSERT INTO audit_entities (reference, seq) SELECT y.reference, head.seq + y.n
- FROM jsonb_to_recordset(:entities) AS y(reference text, n int), head),
 h AS (UPDATE audit_chain_head SET seq = last.seq, hash = last.hash
  FROM (SELECT seq, hash FROM chain ORDER BY n DESC LIMIT 1) AS last WHERE audit_chain_head.id = 1)
 SELECT seq FROM head""")
@@ -286,6 +291,7 @@ async def verify(conn: AsyncConnection, *, batch: int = 1000) -> VerifyReport:
     deleted rows (a seq gap or a broken link), inserted rows (a link or hash that does not fit) and a
     deleted tail (the head names a seq or hash the last row does not have)."""
     report = VerifyReport()
+    entity_rows = conn.dialect.name != "postgresql"  # `audit_entities` rows are kept on SQLite only
     head = await _head(conn)
     report.head_seq, report.head_hash = head if head else (None, None)
     expected_seq, prev = 1, GENESIS_HASH
@@ -299,7 +305,7 @@ async def verify(conn: AsyncConnection, *, batch: int = 1000) -> VerifyReport:
         for orphan in sorted(set(children) - {row.seq for row in rows}):
             report.breaks.append(f"seq {orphan}: patient/entity index rows for a record that does not exist")
         for row in rows:
-            _check_row(row, expected_seq, prev, children, report)
+            _check_row(row, expected_seq, prev, children, report, entity_rows=entity_rows)
             expected_seq, prev = row.seq + 1, row.hash
             report.checked += 1
         last = rows[-1].seq
@@ -321,7 +327,7 @@ async def verify_database(db: Database) -> VerifyReport:
 
 
 def _check_row(row: Any, expected_seq: int, prev: str, children: dict[int, tuple[set[str], set[str]]],
-               report: VerifyReport) -> None:
+               report: VerifyReport, *, entity_rows: bool) -> None:
     if row.seq != expected_seq:
         report.breaks.append(f"seq {expected_seq}–{row.seq - 1} missing (deleted records)"
                              if row.seq > expected_seq else f"seq {row.seq} out of order")
@@ -339,7 +345,8 @@ def _check_row(row: Any, expected_seq: int, prev: str, children: dict[int, tuple
     if stored != indexed_columns(record):
         report.breaks.append(f"seq {row.seq}: indexed columns disagree with the hashed record (edited)")
     patients, entities = children.get(row.seq, (set(), set()))
-    if patients != set(record.patient_ids) or entities != {entity_key(e) for e in record.entities}:
+    keys = set(entity_keys(record))
+    if patients != set(record.patient_ids) or set(row.entities or ()) != keys or (entity_rows and entities != keys):
         report.breaks.append(f"seq {row.seq}: patient/entity index disagrees with the hashed record (edited)")
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.audit.events import ACTIONS, OUTCOMES, SUBTYPES, AuditRecord, record_from_json
-from engine.audit.schema import audit_entities, audit_log, audit_patients, break_glass_reviews
+from engine.audit.schema import RefersToEntities, audit_log, audit_patients, break_glass_reviews
 from engine.db.database import Database
 from engine.search.normalise import parse_fhir_date_range
 
@@ -147,7 +147,7 @@ def where_clause(found: AuditFilter) -> ColumnElement[bool]:
     if found.patients:
         terms.append(c.seq.in_(select(audit_patients.c.seq).where(audit_patients.c.patient_id.in_(found.patients))))
     if found.entities:
-        terms.append(c.seq.in_(select(audit_entities.c.seq).where(audit_entities.c.reference.in_(found.entities))))
+        terms.append(RefersToEntities(list(found.entities)))
     if found.since is not None:
         terms.append(c.recorded >= found.since)
     if found.until is not None:

@@ -1,9 +1,9 @@
 """The audit tables: an append-only, hash-chained log, its search indexes and the break-glass reviews.
 
 `audit_log.record` holds the canonical JSON of an `AuditRecord` exactly as it was hashed (text,
-not JSONB, so the bytes survive). The other columns of `audit_log` and the child tables
-`audit_patients` and `audit_entities` are copies of fields of that record, kept for index lookups;
-`verify` checks that they still agree with it. `seq` is assigned under the chain lock, so it is
+not JSONB, so the bytes survive). The other columns of `audit_log` (its `entities` among them) and
+the child tables `audit_patients` and (on SQLite) `audit_entities` are copies of fields of that
+record, kept for index lookups; `verify` checks that they still agree with it. `seq` is assigned under the chain lock, so it is
 gapless; `audit_chain_head` (one row, id 1) remembers the last seq and hash, which is how a deleted
 tail is noticed.
 
@@ -13,7 +13,12 @@ These tables share `engine.db.schema.metadata` (as engine/db/ingest_schema.py do
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, Index, Integer, String, Table, Text
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Column, DateTime, Index, Integer, String, Table, Text, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
 
 from engine.db.schema import PrimaryKeyInt, metadata
 
@@ -37,6 +42,9 @@ audit_log = Table(
     Column("record", Text, nullable=False),
     Column("prev_hash", String(HASH_LENGTH), nullable=False),
     Column("hash", String(HASH_LENGTH), nullable=False),
+    # The record's entity keys (`Observation/1`): text[] with a GIN index on PostgreSQL, JSON on SQLite.
+    Column("entities", ARRAY(Text).with_variant(JSON(), "sqlite"), nullable=True),
+    Index("ix_audit_log_entities", "entities", postgresql_using="gin").ddl_if(dialect="postgresql"),
     Index(None, "recorded"),
     Index(None, "user_id", "seq"),
     Index(None, "org", "seq"),
@@ -54,6 +62,10 @@ audit_patients = Table(
     Index(None, "seq"),
 )
 
+# The entity index on SQLite (one row per record and entity key). On PostgreSQL the keys live in
+# `audit_log.entities` under a GIN index instead: twenty btree rows per search result, inserted at random
+# places in the index, cost PostgreSQL more than the rest of the audit record (WAL above all); a GIN
+# index takes the keys into its pending list and merges them in bulk.
 audit_entities = Table(
     "audit_entities",
     metadata,
@@ -85,3 +97,25 @@ break_glass_reviews = Table(
     Index(None, "audit_seq"),
     sqlite_autoincrement=True,
 )
+
+
+class RefersToEntities(ColumnElement[bool]):
+    """The audit record names one of `keys` (entity keys, `Type/id`): `audit_log.entities` overlaps them
+    on PostgreSQL (its GIN index), the `audit_entities` rows hold one of them on SQLite."""
+
+    type = Boolean()
+    inherit_cache = False
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = list(keys)
+
+
+@compiles(RefersToEntities, "postgresql")
+def _refers_postgresql(element: RefersToEntities, compiler: Any, **kw: Any) -> str:
+    return compiler.process(audit_log.c.entities.overlap(element.keys), **kw)  # type: ignore[no-any-return]
+
+
+@compiles(RefersToEntities)
+def _refers_elsewhere(element: RefersToEntities, compiler: Any, **kw: Any) -> str:
+    rows = select(audit_entities.c.seq).where(audit_entities.c.reference.in_(element.keys))
+    return compiler.process(audit_log.c.seq.in_(rows), **kw)  # type: ignore[no-any-return]

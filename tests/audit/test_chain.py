@@ -113,6 +113,25 @@ def test_an_edited_index_column_is_found(audit_db: Database, run) -> None:
     assert any("seq 4" in b and "patient/entity index" in b for b in breaks)
 
 
+def test_an_edited_entity_key_is_found_and_the_entity_index_finds_records(audit_db: Database, run) -> None:
+    """`audit_log.entities` (the entity index on PostgreSQL, a copy beside the index rows on SQLite) must
+    agree with the hashed record; the audit search by entity goes through it."""
+    from engine.audit.query import AuditFilter, search_page
+
+    run(_fill(audit_db))
+
+    async def found(keys: list[str]) -> list[int]:
+        async with audit_db.read() as conn:
+            page = await search_page(conn, AuditFilter(entities=keys), count=10)
+        return [seq for seq, _ in page.entries]
+
+    assert run(found(["Patient/p1", "Patient/p3"])) == [4, 2]
+    assert run(found(["Patient/nobody"])) == []
+    run(_sql(audit_db, update(audit_log).where(audit_log.c.seq == 2).values(entities=["Patient/other"])))
+    breaks = run(_report(audit_db)).breaks
+    assert breaks == ["seq 2: patient/entity index disagrees with the hashed record (edited)"]
+
+
 def test_a_deleted_middle_record_is_found(audit_db: Database, run) -> None:
     run(_fill(audit_db))
     run(_sql(audit_db, delete(audit_log).where(audit_log.c.seq == 3)))
