@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
@@ -88,6 +89,9 @@ resources = Table(
     UniqueConstraint("res_type", "res_id"),
     Index(None, "res_type", "last_updated"),
     Index(None, "patient_id", "res_type"),
+    # A patient's labelled resources of one type, without reading the unlabelled rest.
+    Index("ix_resources_labelled", "patient_id", "res_type", postgresql_where=text("labelled"),
+          sqlite_where=text("labelled")),
 )
 
 resource_versions = Table(
