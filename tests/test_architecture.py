@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FORBIDDEN = {"sqlalchemy", "fastapi", "starlette", "httpx", "socket", "psycopg", "aiosqlite", "uvicorn", "asyncio"}
+FORBIDDEN = {"sqlalchemy", "fastapi", "starlette", "httpx", "socket", "psycopg", "asyncpg", "aiosqlite", "uvicorn", "asyncio"}
 PURE_PACKAGES = ["mappings", "consent"]
 PURE_MODULES = [
     "engine/search/fhirpath.py",
