@@ -268,9 +268,9 @@ async def execute_together(conn: Any, statements: Sequence[tuple[ClauseElement, 
                            ) -> list[list[Any]]:
     """`statements` (independent SELECTs) in one round trip; each one's rows as a list of tuples.
 
-    They run as one statement (`combined`), so they also read one snapshot, and on PostgreSQL one
-    statement costs the server and the driver less than a pipeline of several. Statements whose
-    values would collide under one name run one after the other.
+    They run as one statement (`combined`), so they also read one snapshot, and one statement costs the
+    server and the driver less than several. Statements whose values would collide under one name run
+    one after the other.
     """
     values = _merged_values(statements)
     if len(statements) < 2 or values is None:
@@ -285,7 +285,11 @@ async def execute_together(conn: Any, statements: Sequence[tuple[ClauseElement, 
 class Combined:
     """Several SELECTs as one `UNION ALL`: each row says which statement it belongs to (`branch`) and
     where it came in that statement's order (`ordinal`), then carries every statement's columns, NULL
-    but for its own."""
+    but for its own.
+
+    `ordinal` is `row_number() OVER ()` over the statement as a subquery, which PostgreSQL and SQLite
+    number in the order the subquery yields its rows — for an `ORDER BY … LIMIT` statement (a search
+    page), that order; `split` restores it whatever order the `UNION ALL` returns the rows in."""
 
     statement: CompoundSelect
     columns: tuple[slice, ...]  # where each statement's own columns sit in a row

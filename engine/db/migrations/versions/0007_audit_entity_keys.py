@@ -26,7 +26,7 @@ def upgrade() -> None:
         # A small pending list: the append that fills it merges it, under the chain lock (see schema).
         op.execute("CREATE INDEX ix_audit_log_entities ON audit_log USING gin (entities) "
                    "WITH (gin_pending_list_limit = 128)")
-        op.execute("DELETE FROM audit_entities")
+        op.execute("TRUNCATE audit_entities")
     else:
         op.execute("ALTER TABLE audit_log ADD COLUMN entities JSON")
         op.execute("UPDATE audit_log SET entities = (SELECT json_group_array(reference) FROM audit_entities "
