@@ -68,7 +68,7 @@ class PatientContext:
     relationships: tuple[Relationship, ...] = ()
     break_glass: bool = False
     # The asked-about resource type, when this patient's record holds resources of it that carry a
-    # restricting label the viewer's organisation does not own (`load_contexts(hidden_for=…)`).
+    # restricting label the viewer's organisation does not own (`contexts_query(hidden_for=…)`).
     hidden_types: frozenset[str] = frozenset()
 
 
@@ -151,8 +151,8 @@ class PolicySql:
         pinned = bindparam("acc_pinned")
         self.reachable_pinned = or_(and_(patient == pinned, or_(self._granted(pinned), self._related(pinned))),
                                     self.reachable)
-        self._visible = {needs: self._visible_clause(needs) for needs in (True, False)}
-        self._visible_pinned = self._visible_clause(True, self.reachable_pinned)
+        self._visible = {True: self._visible_clause(self.reachable), False: self._visible_clause(literal(True))}
+        self._visible_pinned = self._visible_clause(self.reachable_pinned)
         self._label_hidden = {needs: self._label_hidden_clause(needs) for needs in (True, False)}
         self._read = {needs: select(*repository.READ_COLUMNS, resources.c.patient_id,
                                     self._visible[needs].label("visible"),
@@ -224,13 +224,10 @@ class PolicySql:
         return exists().where(grants.user_id == bindparam("acc_user"), grants.patient_id == patient,
                               grants.expires > bindparam("acc_now"))
 
-    def _visible_clause(self, needs_relationship: bool,
-                        reachable_rule: ColumnElement[bool] | None = None) -> ColumnElement[bool]:
-        patient = resources.c.patient_id
+    def _visible_clause(self, reachable: ColumnElement[bool]) -> ColumnElement[bool]:
+        """Rows outside any patient's record, the viewer's own, and the reachable ones whose labels allow."""
         label_ok = or_(~self.restricted, self.owned, self.holds_consent)
-        reachable = (reachable_rule if reachable_rule is not None else self.reachable) if needs_relationship \
-            else literal(True)
-        return or_(patient.is_(None), self.own, and_(reachable, label_ok))
+        return or_(resources.c.patient_id.is_(None), self.own, and_(reachable, label_ok))
 
     def _label_hidden_clause(self, needs_relationship: bool) -> ColumnElement[bool]:
         patient = resources.c.patient_id
@@ -276,16 +273,12 @@ _CONTEXTS = _contexts_statement()
 
 async def load_contexts(
     conn: AsyncConnection, patient_ids: Iterable[str], *, user_id: str, orgs: frozenset[str], now: datetime,
-    hidden_for: tuple[PolicySql, str, str] | None = None,
 ) -> dict[str, PatientContext]:
     """Consents, live relationships and break-glass state of each patient, in one round trip.
 
     Relationships are returned whatever their period: `consent.decide` applies the policy's windows.
-    With `hidden_for` (the policy's SQL, the viewer's ODS code and a resource type) also whether each
-    record holds resources of that type carrying a restricting label that organisation does not own
-    (`hidden_types`).
     """
-    query = contexts_query(patient_ids, user_id=user_id, orgs=orgs, now=now, hidden_for=hidden_for)
+    query = contexts_query(patient_ids, user_id=user_id, orgs=orgs, now=now)
     if query is None:
         return {}
     return contexts_from_rows(patient_ids, await conn.execute(*query))
@@ -296,7 +289,12 @@ def contexts_query(
     hidden_for: tuple[PolicySql, str, str] | None = None,
 ) -> tuple[Any, dict[str, Any]] | None:
     """The statement and values `load_contexts` runs (None when there are no patients), for a caller
-    that sends it together with other statements; `contexts_from_rows` reads its rows."""
+    that sends it together with other statements; `contexts_from_rows` reads its rows.
+
+    With `hidden_for` (the policy's SQL, the viewer's ODS code and a resource type) also whether each
+    record holds resources of that type carrying a restricting label that organisation does not own
+    (`hidden_types`).
+    """
     wanted = sorted(set(patient_ids))
     if not wanted:
         return None

@@ -112,12 +112,11 @@ class FhirFastLane:
                 result = await state.service.read(request, res_type, res_id)
             return _rendered(result)
         except FhirError as error:
-            return _rendered(FhirResponse(error.status, orjson.dumps(error.outcome()), dict(error.headers or {})))
+            return _rendered_error(error)
         except Exception as exc:  # answered as the application answers the unexpected
             request_id = scope.get("state", {}).get("request_id", "unknown")
             log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": request_id}})
-            error = outcomes.internal_error(request_id)
-            return _rendered(FhirResponse(error.status, orjson.dumps(error.outcome()), dict(error.headers or {})))
+            return _rendered_error(outcomes.internal_error(request_id))
 
 
 def _last(query: list[tuple[str, str]], name: str) -> str | None:
@@ -126,6 +125,11 @@ def _last(query: list[tuple[str, str]], name: str) -> str | None:
         if key == name:
             found = value
     return found
+
+
+def _rendered_error(error: FhirError) -> tuple[int, list, bytes]:
+    """The OperationOutcome the application's error handlers answer `error` with (engine.api.app)."""
+    return _rendered(FhirResponse(error.status, orjson.dumps(error.outcome()), dict(error.headers or {})))
 
 
 def _rendered(result: FhirResponse) -> tuple[int, list, bytes]:

@@ -130,8 +130,9 @@ def _numbered(sql: str, inline: dict[str, str]) -> tuple[tuple[str, ...], str]:
     """`sql` with `%(name)s` as $1, $2, … (one number per name, or the constant `inline` holds for it) and
     `%%` as `%`, and the numbered names in order.
 
-    psycopg parses a `%s`-style query on every execution once it is longer than it caches (4 KB) —
-    the policy's statements are — so the hot statements are sent ready-made through a raw cursor.
+    psycopg parses a `%s`-style query on every execution once it is longer than it caches (4 KB), so
+    the statements run on its connections (`fetch_all_on_driver`) are sent ready-made through a raw
+    cursor; asyncpg takes this form as it is.
     """
     order: dict[str, int] = {}
 
@@ -227,12 +228,6 @@ class DirectConnection:
             values = [_json_text(value) if type(value) is Jsonb else value for value in values]
         return DirectResult(await self.raw.fetch(compiled.server_sql, *values))
 
-    async def execute_together(
-        self, statements: Sequence[tuple[ClauseElement, Mapping[str, Any] | None]]
-    ) -> list[DirectResult]:
-        """Several statements, one after the other; their results."""
-        return [await self.execute(statement, parameters) for statement, parameters in statements]
-
 
 def _json_text(value: Jsonb) -> str:
     """psycopg's JSONB wrapper (what SQLAlchemy's psycopg connections take) as the text asyncpg sends."""
@@ -274,8 +269,6 @@ async def execute_together(conn: Any, statements: Sequence[tuple[ClauseElement, 
     """
     values = _merged_values(statements)
     if len(statements) < 2 or values is None:
-        if isinstance(conn, DirectConnection):
-            return [result.all() for result in await conn.execute_together(statements)]
         return [(await conn.execute(statement, parameters)).all() for statement, parameters in statements]
     together = combined(tuple(statement for statement, _ in statements))
     return together.split((await conn.execute(together.statement, values)).all())

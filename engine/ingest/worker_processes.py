@@ -23,7 +23,6 @@ from typing import Any
 log = logging.getLogger("sharedcare.mllp")
 
 
-
 def start_workers(count: int, port: int, log_level: int) -> list[multiprocessing.process.BaseProcess]:
     """Start `count` ingest processes listening on `port` (SO_REUSEPORT) and wait until each listens."""
     context = multiprocessing.get_context("spawn")
