@@ -173,11 +173,14 @@ async def ingest_context(settings: Settings) -> AsyncIterator[Any]:
     """The pipeline's context for this process — its own database pool, the senders from
     SHAREDCARE_SENDERS_FILE (engine/ingest/senders.py) — disposed on exit."""
     from engine.db.database import open_database
+    from engine.ingest.group_commit import GroupCommit
     from engine.ingest.pipeline import IngestContext
 
     db = open_database(settings.database_url)
     try:
-        yield IngestContext.from_environment(db)
+        ctx = IngestContext.from_environment(db)
+        ctx.group_commit = GroupCommit.from_environment(db, ctx.moment)
+        yield ctx
     finally:
         await db.dispose()
 

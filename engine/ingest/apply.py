@@ -309,14 +309,45 @@ def check_documents(documents: Iterable[Mapping[str, Any]]) -> None:
                                f"The mapping produced a resource the store cannot hold ({res_type}/{res_id})")
 
 
+def state_keys(result: MappingResult, extra_keys: Iterable[tuple[str, str]] = ()
+               ) -> tuple[set[tuple[str, str]], list[tuple[str, str]]]:
+    """What `prepare` reads first for `result` (its documents checked): the (type, id) of its resources,
+    of `extra_keys` and of the originals it supersedes; and the identifiers (system, value) that find its
+    Patient."""
+    merges = [a.detail for a in result.actions if a.kind == "merge" and isinstance(a.detail, Merge)]
+    survivor_key = result.patient_key or (merges[0].survivor if merges else None)
+    supersedes = [a.detail for a in result.actions if a.kind == "supersede" and isinstance(a.detail, Supersede)]
+    wanted = ({(d["resourceType"], d["id"]) for d in result.resources} | set(extra_keys)
+              | {(s.resource_type, s.resource_id) for s in supersedes})
+    identifiers = sorted(set(identity.key_identifiers(survivor_key))) if result.patient_id else []
+    return wanted, identifiers
+
+
+def state_view(currents: Mapping[tuple[str, str], Current], candidates: Sequence[Any],
+               wanted: Iterable[tuple[str, str]], identifiers: Iterable[tuple[str, str]]
+               ) -> tuple[dict[tuple[str, str], Current], list[Any]]:
+    """The part of a `read_state` made for several messages that one message's `wanted` keys and
+    `identifiers` would have read on their own."""
+    pairs = set(identifiers)
+    mine = [row for row in candidates if (row.system, row.code) in pairs]
+    view = {key: currents[key] for key in wanted if key in currents}
+    for row in mine:
+        key = (row.res_type, row.res_id)
+        if key not in view and key in currents:
+            view[key] = currents[key]
+    return view, mine
+
+
 async def prepare(conn: AsyncConnection, result: MappingResult, *, event_time: datetime | None,
-                  extra_keys: Iterable[tuple[str, str]] = ()) -> Plan:
+                  extra_keys: Iterable[tuple[str, str]] = (),
+                  state: tuple[dict[tuple[str, str], Current], list[Any]] | None = None) -> Plan:
     """Identity, reads and the write plan for `result` (raises MappingError for an identity conflict).
 
     `event_time` is the message's, as naive UTC (the store's form). `extra_keys` are read too (e.g.
     the message's Provenance when it is replayed); they end up in `plan.currents`. The common case
     takes one query: the stored versions of the message's resources together with the Patients its
-    identifiers find.
+    identifiers find — or none, when `state` (`read_state`'s answer for `state_keys(result)`, read in
+    this transaction by the caller: group commit) is given.
     """
     documents = [dict(d) for d in result.resources]
     check_documents(documents)
@@ -324,10 +355,8 @@ async def prepare(conn: AsyncConnection, result: MappingResult, *, event_time: d
     merges = [a.detail for a in result.actions if a.kind == "merge" and isinstance(a.detail, Merge)]
     survivor_key = result.patient_key or (merges[0].survivor if merges else None)
     supersedes = [a.detail for a in result.actions if a.kind == "supersede" and isinstance(a.detail, Supersede)]
-    wanted = ({(d["resourceType"], d["id"]) for d in documents} | set(extra_keys)
-              | {(s.resource_type, s.resource_id) for s in supersedes})
-    identifiers = sorted(set(identity.key_identifiers(survivor_key))) if result.patient_id else []
-    currents, candidates = await read_state(conn, wanted, identifiers)
+    wanted, identifiers = state_keys(result, extra_keys)
+    currents, candidates = state if state is not None else await read_state(conn, wanted, identifiers)
     if identifiers and survivor_key is not None:
         match = await identity.match_rows(conn, survivor_key, candidates)
         if match is not None:

@@ -46,7 +46,9 @@ from engine.db.database import Database
 from engine.db.ingest_schema import ERROR, PROCESSED, REJECTED
 from engine.db.repository import utc_now
 from engine.ingest import apply, identity, store
+from engine.ingest.group_commit import ApplyAlone, GroupCommit
 from engine.ingest.senders import accept_unknown_senders, load_senders
+from engine.ingest.staging import message_event_time, people, staged_changes
 from engine.ingest.store import MessageRecord, StoredMessage
 from engine.search.normalise import naive_utc
 from engine.transfers.discharge import after_ingest
@@ -57,8 +59,6 @@ from mappings.result import (
     ErrorLocation,
     MappingError,
     MappingResult,
-    Merge,
-    PatientKey,
 )
 
 log = logging.getLogger("sharedcare.ingest")
@@ -83,6 +83,8 @@ class IngestContext:
     max_attempts: int = 5  # transactions tried when they collide with concurrent writers
     # The access policy whose sensitive code lists label what is ingested (consent/policy.json).
     policy: Policy = field(default_factory=lambda: load_policy(access_policy_path()))
+    # Concurrent messages applied in shared transactions (engine/ingest/group_commit.py); None: one each.
+    group_commit: GroupCommit | None = None
 
     @classmethod
     def from_environment(cls, db: Database, environ: Mapping[str, str] | None = None) -> IngestContext:
@@ -217,6 +219,17 @@ class _Job:
     # -- success ---------------------------------------------------------------------------------
 
     async def apply(self, message: Message, sender: SenderConfig, result: MappingResult) -> IngestOutcome:
+        if self.ctx.group_commit is not None and self.existing is None and not self.dry_run:
+            try:
+                return await self.ctx.group_commit.submit(self, message, sender, result)
+            except MappingError as exc:
+                return await self.failed(message, exc, "AR" if exc.reject else "AE")
+            except ApplyAlone:
+                pass
+        return await self.apply_alone(message, sender, result)
+
+    async def apply_alone(self, message: Message, sender: SenderConfig, result: MappingResult) -> IngestOutcome:
+        """Apply the message in a transaction of its own, retried when it collides with other writers."""
         for attempt in range(1, self.ctx.max_attempts + 1):
             try:
                 async with self.ctx.db.write() as conn:
@@ -250,44 +263,43 @@ class _Job:
         now = self.ctx.moment()
         reserved = await self._lock(conn, result)
         extra = [("Provenance", apply.provenance_id(self.existing.id))] if self.existing else []
-        event_time = naive_utc(result.event_time) if result.event_time else None
+        event_time = message_event_time(result)
         plan = await apply.prepare(conn, result, event_time=event_time, extra_keys=extra)
-        ack = self._ack(message, "AA", now)
-        warnings = [*result.warnings, *plan.warnings, *(f"stale: {key} reflects a later event" for key in plan.stale)]
-        record = self._record(message, PROCESSED, "AA", ack, now, event_time=event_time,
-                              unmapped=list(result.unmapped) or None, warnings=warnings or None,
-                              patient_id=plan.patient_id)
+        record = self.processed_record(message, result, plan, now)
         if reserved is None:  # stored now; on PostgreSQL, by the write statement below
             message_id = await self._store(conn, record)
             if message_id is None:
                 raise _Duplicate()
         else:
             message_id = reserved
-        document = apply.provenance(plan, message_id=message_id, sender_ods=sender.ods_code,
-                                    sender_name=sender.name, message_type=message.message_type,
-                                    control_id=message.control_id, now=now,
-                                    sender_reference=apply.sender_reference(result, sender.ods_code))
-        changes = list(plan.changes)
-        if document is not None:
-            current = plan.currents.get(("Provenance", document["id"]))
-            changes.append(apply.Change(document, current, track_source=False))
-        sources = store.SourceUpdate(message_id, event_time, frozenset(c.key for c in plan.changes if c.track_source),
-                                     tuple(plan.refreshed_sources))
+        changes, sources = staged_changes(plan, message, sender, result, message_id, now)
         try:
             await store.write_changes(conn, changes, now, sources,
                                       message=(message_id, record) if reserved is not None else None)
         except store.DuplicateMessage:
             raise _Duplicate() from None
         await after_ingest(conn, message, sender, result, now=now)  # transfers of care (docs/transfers.md)
-        return IngestOutcome(ack, "AA", PROCESSED, message_id)
+        return self.processed(record, message_id)
+
+    def processed(self, record: MessageRecord, message_id: int) -> IngestOutcome:
+        """The outcome of a message applied and committed as `record`."""
+        return IngestOutcome(record.ack, "AA", PROCESSED, message_id)
+
+    def processed_record(self, message: Message, result: MappingResult, plan: apply.Plan,
+                         now: datetime) -> MessageRecord:
+        """The message's row once applied: `processed`, its AA (the ACK text), warnings, what no map used."""
+        warnings = [*result.warnings, *plan.warnings, *(f"stale: {key} reflects a later event" for key in plan.stale)]
+        return self._record(message, PROCESSED, "AA", self._ack(message, "AA", now), now,
+                            event_time=message_event_time(result), unmapped=list(result.unmapped) or None,
+                            warnings=warnings or None, patient_id=plan.patient_id)
 
     async def _lock(self, conn: AsyncConnection, result: MappingResult) -> int | None:
         """Lock the people the message is about; on PostgreSQL also reserve the new message's id, in the
         same round trip (the message row is then inserted by the write statement). None: store it first."""
         if conn.dialect.name != "postgresql" or self.existing is not None:
-            await identity.lock_patients(conn, _people(result))
+            await identity.lock_patients(conn, people(result))
             return None
-        return await store.lock_and_reserve(conn, identity.patient_lock_keys(_people(result)))
+        return await store.lock_and_reserve(conn, identity.patient_lock_keys(people(result)))
 
     # -- failure -----------------------------------------------------------------------------------
 
@@ -363,12 +375,6 @@ def with_sensitivity_labels(result: MappingResult, policy: Policy) -> MappingRes
     ICD-10 F32 diagnosis is labelled PSY and R), as every write through the access gate is."""
     result.resources[:] = [apply_labels(resource, policy) for resource in result.resources]
     return result
-
-
-def _people(result: MappingResult) -> list[PatientKey | None]:
-    """The keys of everyone a message touches: its subject and, for a merge, both records."""
-    merges = [a.detail for a in result.actions if a.kind == "merge" and isinstance(a.detail, Merge)]
-    return [result.patient_key, *(m.survivor for m in merges), *(m.old for m in merges)]
 
 
 def _ack_control_id() -> str:

@@ -142,14 +142,15 @@ async def _insert_reserved(conn: AsyncConnection, message_id: int, record: Messa
     statement = _INSERT["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
     stored = (await conn.execute(statement, {**_row(record), "attempts": 1, "id": message_id})).scalar_one_or_none()
     if stored is None:
-        raise DuplicateMessage(record.control_id)
+        raise DuplicateMessage(message_id)
 
 
 # The per-person advisory locks (identity.lock_patients' statement, in key order) and a message id
 # reserved from the table's sequence, in one round trip. PostgreSQL keeps the volatile lock calls of
 # the subquery although count(*) does not read them, and calls them after its ORDER BY.
 _LOCK_AND_RESERVE = text(
-    "SELECT nextval(pg_get_serial_sequence('hl7_messages', 'id')), (SELECT count(*) FROM"
+    "SELECT nextval(pg_get_serial_sequence('hl7_messages', 'id')),"
+    " set_config('plan_cache_mode', 'force_generic_plan', true), (SELECT count(*) FROM"
     " (SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS l)"
 )
 
@@ -160,8 +161,23 @@ async def lock_and_reserve(conn: AsyncConnection, lock_keys: Sequence[int]) -> i
     return int(row[0])
 
 
+_LOCK_AND_RESERVE_MANY = text(
+    "SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('hl7_messages', 'id')) FROM generate_series(1, CAST(:n AS int))),"
+    " set_config('plan_cache_mode', 'force_generic_plan', true), (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS l)"
+)
+
+
+async def lock_and_reserve_many(conn: AsyncConnection, lock_keys: Iterable[int], count: int) -> list[int]:
+    """`lock_and_reserve` for a batch of messages: every lock in key order, and `count` message ids."""
+    row = await fetch_one_on_driver(conn, _LOCK_AND_RESERVE_MANY, {"keys": sorted(set(lock_keys)), "n": count})
+    return [int(i) for i in row[0]]  # row[1]: the plan cache mode set
+
+
 class DuplicateMessage(Exception):
-    """`write_changes` was given a message row whose (sender, control_id) is stored already."""
+    """A message row given to `write_changes` or `write_messages` whose (sender, control_id) is stored already.
+
+    `args` are the reserved ids of those rows.
+    """
 
 
 async def update_message(conn: AsyncConnection, message_id: int, record: MessageRecord) -> None:
@@ -292,7 +308,7 @@ async def write_changes(conn: AsyncConnection, changes: Sequence[Change], now: d
         return []
     versions = _versions(changes, now)
     if conn.dialect.name == "postgresql":
-        return await _write_postgresql(conn, versions, sources, message)
+        return await _write_postgresql(conn, versions, [sources] if sources else [], [message] if message else [])
     written = await _write_generic(conn, versions)
     if sources is not None:
         pks = [w.pk for w in written if (w.res_type, w.res_id) in sources.keys] + list(sources.refreshed)
@@ -365,9 +381,11 @@ a AS (SELECT *, 'POST' AS method FROM n UNION ALL SELECT *, 'PUT' FROM u),
 versions AS (INSERT INTO resource_versions (res_pk, version_id, res_type, res_id, last_updated, deleted, method, content)
  SELECT pk, version_id, res_type, res_id, last_updated, false, method, content FROM a),
 sources AS (INSERT INTO resource_sources (res_pk, event_time, message_id)
- SELECT pk, CAST(:event_time AS timestamp), CAST(:message_id AS bigint) FROM (SELECT pk FROM a
- WHERE res_type || '/' || res_id = ANY(CAST(:tracked AS text[])) UNION ALL SELECT unnest(CAST(:refreshed AS bigint[])))
- AS s(pk) ON CONFLICT (res_pk) DO UPDATE
+ SELECT a.pk, t.event_time, t.message_id FROM a JOIN jsonb_to_recordset(:tracked)
+ AS t(res_type text, res_id text, event_time timestamp, message_id bigint) USING (res_type, res_id)
+ UNION ALL SELECT pk, event_time, message_id FROM jsonb_to_recordset(:refreshed)
+ AS f(pk bigint, event_time timestamp, message_id bigint)
+ ON CONFLICT (res_pk) DO UPDATE
  SET event_time = COALESCE(EXCLUDED.event_time, resource_sources.event_time), message_id = EXCLUDED.message_id)"""
 _PG_TYPES = {"String": "text", "Float": "float8", "DateTime": "timestamp"}
 _MESSAGE_COLUMNS = ("id", *MessageRecord.__dataclass_fields__, "attempts")
@@ -375,20 +393,22 @@ _PG_MESSAGE_TYPES = {"id": "bigint", "attempts": "int", "received_at": "timestam
                      "processed_at": "timestamp", "unmapped": "json", "warnings": "json"}
 _MESSAGE_NAMES = ", ".join(_MESSAGE_COLUMNS)
 _MESSAGE_RECORD = ", ".join(f"{c} {_PG_MESSAGE_TYPES.get(c, 'text')}" for c in _MESSAGE_COLUMNS)
-_PG_MESSAGE = (f"m AS (INSERT INTO hl7_messages ({_MESSAGE_NAMES}) SELECT {_MESSAGE_NAMES}"
-               f" FROM jsonb_to_record(:message) AS x({_MESSAGE_RECORD}) ON CONFLICT (sender, control_id) DO NOTHING"
-               " RETURNING id)")
+_PG_MESSAGES = (f"m AS (INSERT INTO hl7_messages ({_MESSAGE_NAMES}) SELECT {_MESSAGE_NAMES}"
+                f" FROM jsonb_to_recordset(:messages) AS x({_MESSAGE_RECORD}) ON CONFLICT (sender, control_id) DO NOTHING"
+                " RETURNING id)")
 
 
-def _pg_write_sql(with_message: bool = False) -> str:
+def _pg_write_sql(with_messages: bool = False) -> str:
     """One PostgreSQL statement for a whole batch: data-modifying CTEs fed by JSON recordsets.
 
     New resources are inserted (`n`) and updated ones updated (`u`, only if still at the planned
     version); both (`a`) get their versions appended and `resource_sources` recorded; the updated
     ones' index rows are deleted and every new index row inserted, joined on (res_type, res_id)
-    to the pks `a` returns. Returns the number updated and the (type, id, pk) of those created. Sibling CTEs share one snapshot, so the deletes never see the rows the
-    inserts add (https://www.postgresql.org/docs/15/queries-with.html). `with_message` adds the
-    message row (`m`, ON CONFLICT DO NOTHING: no id back for a duplicate).
+    to the pks `a` returns; `resource_sources` gets each tracked resource's event time and message
+    (several messages' rows in one batch: engine/ingest/group_commit.py). Returns the number updated
+    and the (type, id, pk) of those created. Sibling CTEs share one snapshot, so the deletes never see
+    the rows the inserts add (https://www.postgresql.org/docs/15/queries-with.html). `with_messages`
+    adds the messages' rows (`m`, ON CONFLICT DO NOTHING: no id back for a duplicate).
     """
     parts = [_PG_RESOURCES]
     for kind, table in INDEX_TABLES.items():
@@ -399,11 +419,11 @@ def _pg_write_sql(with_message: bool = False) -> str:
         parts.append(f"i_{kind} AS (INSERT INTO {table.name} (res_pk, {names}) SELECT pk, {names}"
                      f" FROM jsonb_to_recordset(:idx_{kind}) AS x({record}, res_id text)"
                      f" JOIN a USING (res_type, res_id))")
-    if with_message:
-        parts.append(_PG_MESSAGE)
+    if with_messages:
+        parts.append(_PG_MESSAGES)
     return ("WITH " + ",\n".join(parts) + "\nSELECT (SELECT count(*) FROM u),"
             " (SELECT jsonb_agg(jsonb_build_array(res_type, res_id, pk)) FROM n)"
-            + (", (SELECT id FROM m)" if with_message else ""))
+            + (", (SELECT array_agg(id) FROM m)" if with_messages else ""))
 
 
 # One statement for everything, care relationships included (INDEX_TABLES["relationship"]). With eight
@@ -411,11 +431,11 @@ def _pg_write_sql(with_message: bool = False) -> str:
 # then costs ~50 µs a message (measured), far less than the two extra round trips (DELETE and INSERT
 # of the relationship rows) that splitting it cost. The server-side prepared statement is unaffected.
 _PG_WRITE = text(_pg_write_sql())
-_PG_WRITE_WITH_MESSAGE = text(_pg_write_sql(with_message=True))
+_PG_WRITE_WITH_MESSAGES = text(_pg_write_sql(with_messages=True))
 
 
-async def _write_postgresql(conn: AsyncConnection, versions: list[_Version], sources: SourceUpdate | None,
-                            message: tuple[int, MessageRecord] | None = None) -> list[Written]:
+async def _write_postgresql(conn: AsyncConnection, versions: list[_Version], sources: Sequence[SourceUpdate],
+                            messages: Sequence[tuple[int, MessageRecord]] = ()) -> list[Written]:
     creates = [{"res_type": v.res_type, "res_id": v.res_id, "last_updated": v.moment,
                 "patient_id": patient_compartment(v.document), "content": v.document}
                for v in versions if v.current is None]
@@ -424,20 +444,22 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[_Version], sou
                for v in versions if v.current is not None]
     params: dict[str, Any] = {
         "creates": _json(creates), "updates": _json(updates),
-        "tracked": [f"{t}/{i}" for t, i in sources.keys] if sources else [],
-        "refreshed": list(sources.refreshed) if sources else [],
-        "event_time": sources.event_time if sources else None,
-        "message_id": sources.message_id if sources else None,
+        "tracked": _json([{"res_type": t, "res_id": i, "event_time": s.event_time, "message_id": s.message_id}
+                          for s in sources for t, i in s.keys]),
+        "refreshed": _json([{"pk": pk, "event_time": s.event_time, "message_id": s.message_id}
+                            for s in sources for pk in s.refreshed]),
     }
     index = _index_rows(versions)
     params.update((f"idx_{kind}", _json(index.get(kind, []))) for kind in INDEX_TABLES)
-    if message is None:
+    if not messages:
         updated, created = await fetch_one_on_driver(conn, _PG_WRITE, params)
     else:
-        params["message"] = Jsonb({**_row(message[1]), "attempts": 1, "id": message[0]}, dumps=_orjson_text)
-        updated, created, stored = await fetch_one_on_driver(conn, _PG_WRITE_WITH_MESSAGE, params)
-        if stored is None:
-            raise DuplicateMessage(message[1].control_id)
+        params["messages"] = _json([{**_row(record), "attempts": 1, "id": message_id}
+                                    for message_id, record in messages])
+        updated, created, stored = (await fetch_one_on_driver(conn, _PG_WRITE_WITH_MESSAGES, params))[:3]
+        missing = {message_id for message_id, _ in messages} - set(stored or ())
+        if missing:
+            raise DuplicateMessage(*sorted(missing))
     if updated != len(updates):
         raise ConcurrentChange("a resource changed while this message was applied")
     pks = {(t, i): pk for t, i, pk in created or ()}
@@ -445,6 +467,16 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[_Version], sou
                (((v.res_type, v.res_id), v.current.pk) for v in versions if v.current is not None))
     return [Written(pks[(v.res_type, v.res_id)], v.res_type, v.res_id, v.version_id, v.current is None, v.document)
             for v in versions]
+
+
+async def write_messages(conn: AsyncConnection, changes: Sequence[Change], now: datetime,
+                         sources: Sequence[SourceUpdate], messages: Sequence[tuple[int, MessageRecord]]) -> None:
+    """PostgreSQL: several messages' rows (reserved ids), their changes and sources in one statement.
+
+    Raises `DuplicateMessage` naming the reserved ids whose (sender, control_id) is stored already
+    (their changes were written too: the caller rolls back), `ConcurrentChange` as `write_changes`.
+    """
+    await _write_postgresql(conn, _versions(changes, now), sources, messages)
 
 
 def _json(rows: list[dict[str, Any]]) -> Jsonb:

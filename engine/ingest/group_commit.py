@@ -1,0 +1,261 @@
+"""Group commit: HL7 v2 messages that arrive together are applied in one transaction.
+
+With many senders, much of what a message costs is per transaction rather than per row: the lock,
+read and write round trips, each statement's start-up in PostgreSQL, the commit and its WAL flush.
+The MLLP listener's messages therefore go through one `GroupCommit` per process (PostgreSQL only):
+`submit` queues a mapped message and waits; one runner takes everything queued (up to `max_batch`)
+and applies it in one transaction, while what arrives meanwhile queues for the next batch. Nothing
+waits on a timer: a batch is whatever arrived while the previous one was being written.
+
+In the transaction (docs/hl7v2-ingest.md, "Group commit"):
+
+1. a message about a person already in the batch (an advisory-lock key in common) or a re-send of
+   a message already in it waits for the next batch, so one person's messages still apply one at a
+   time, in order;
+2. one statement takes every person's advisory lock, in key order, and reserves a message id each;
+3. one read: the stored state of every message's resources and the Patients their identifiers find;
+4. each message is planned against that state in arrival order (`engine.ingest.apply.prepare`). One
+   that would read what an earlier message of the batch writes waits for the next batch, so every
+   plan sees exactly the store it would have seen alone. One whose plan fails (an identity conflict:
+   AE 205) leaves the batch and is stored in the error queue as it would have been alone;
+5. one write: every message's row, resources, versions, index rows, Provenance and sources;
+6. the transfers hook of each message (an A03's discharge document and Tasks); then COMMIT, and only
+   then is any message answered.
+
+A message whose (sender, control id) turns out to be stored already (a re-send) leaves the batch and
+is answered alone — with its stored ACK — and the rest are written again at once. Anything else that
+goes wrong in the transaction (a collision with another writer, a storage error, a bug) rolls the
+batch back and each of its messages is applied alone, exactly as without group commit, with its own
+retries and error handling. A message's outcome is therefore the one it would have had alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter, Histogram
+
+from engine.ingest import apply, identity, store
+from engine.ingest.staging import message_event_time, people, staged_changes
+from engine.observability import REGISTRY
+from engine.transfers.discharge import after_ingest
+from mappings.result import MappingError
+
+if TYPE_CHECKING:
+    from adapters.hl7v2.parser import Message
+    from adapters.senders import SenderConfig
+    from engine.db.database import Database
+    from engine.ingest.pipeline import IngestOutcome, _Job
+    from mappings.result import MappingResult
+
+log = logging.getLogger("sharedcare.ingest")
+
+BATCH_SIZE = Histogram("sharedcare_ingest_batch_messages", "HL7 v2 messages applied per group-commit transaction",
+                       registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+ROLLED_BACK = Counter("sharedcare_ingest_batches_rolled_back_total",
+                      "Group-commit transactions rolled back, their messages then applied one by one", ["reason"],
+                      registry=REGISTRY)
+
+DEFAULT_MAX_BATCH = 32
+DEFAULT_CONCURRENCY = 2
+
+
+class ApplyAlone(Exception):
+    """The batch could not take this message: apply it in a transaction of its own."""
+
+
+class _Resent(Exception):
+    """Messages of the batch whose (sender, control id) is stored already: roll back, answer them alone."""
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        super().__init__(f"{len(entries)} re-sent")
+        self.entries = entries
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One message waiting in the queue, and the caller waiting for its outcome."""
+
+    job: _Job
+    message: Message
+    sender: SenderConfig
+    result: MappingResult
+    future: asyncio.Future[IngestOutcome]
+    arrival: int
+    lock_keys: frozenset[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lock_keys = frozenset(identity.patient_lock_keys(people(self.result)))
+
+    @property
+    def dedupe_key(self) -> tuple[str, str]:
+        return self.message.sending_facility, self.message.control_id
+
+    def answer(self, outcome: IngestOutcome) -> None:
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+@dataclass(eq=False)
+class _Staged:
+    """A message planned within the batch: what it writes, and its answer once committed."""
+
+    entry: _Entry
+    message_id: int
+    record: store.MessageRecord
+    changes: list[apply.Change]
+    sources: store.SourceUpdate
+
+
+class GroupCommit:
+    """Applies the messages `submit`ted concurrently in shared transactions (module docstring)."""
+
+    def __init__(self, db: Database, now: Callable[[], datetime], *, max_batch: int = DEFAULT_MAX_BATCH,
+                 concurrency: int = DEFAULT_CONCURRENCY) -> None:
+        self.db = db
+        self.now = now
+        self.max_batch = max(1, max_batch)
+        self.concurrency = max(1, concurrency)
+        self._queue: deque[_Entry] = deque()
+        self._runners: set[asyncio.Task[None]] = set()
+        self._arrivals = itertools.count()
+
+    @classmethod
+    def from_environment(cls, db: Database, now: Callable[[], datetime],
+                         environ: Mapping[str, str] | None = None) -> GroupCommit | None:
+        """On PostgreSQL unless SHAREDCARE_INGEST_GROUP_COMMIT is 0; SHAREDCARE_INGEST_MAX_BATCH caps a batch."""
+        env = os.environ if environ is None else environ
+        if not db.is_postgres or env.get("SHAREDCARE_INGEST_GROUP_COMMIT", "1").strip().lower() in {"0", "false", "no", "off"}:
+            return None
+        return cls(db, now, max_batch=int(env.get("SHAREDCARE_INGEST_MAX_BATCH") or DEFAULT_MAX_BATCH),
+                   concurrency=int(env.get("SHAREDCARE_INGEST_BATCHES_IN_FLIGHT") or DEFAULT_CONCURRENCY))
+
+    async def submit(self, job: _Job, message: Message, sender: SenderConfig, result: MappingResult) -> IngestOutcome:
+        """Queue a mapped message; its outcome once its batch has committed.
+
+        Raises `MappingError` when its plan fails (the caller stores it as failed) and `ApplyAlone`
+        when the batch could not take it.
+        """
+        entry = _Entry(job, message, sender, result, asyncio.get_running_loop().create_future(),
+                       next(self._arrivals))
+        self._queue.append(entry)
+        if len(self._runners) < self.concurrency:
+            runner = asyncio.create_task(self._run())
+            self._runners.add(runner)
+            runner.add_done_callback(self._runners.discard)
+        return await entry.future
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+                later = await self._apply(batch)
+                self._queue.extendleft(sorted(later, key=lambda e: e.arrival, reverse=True))
+        except BaseException:
+            while self._queue:  # the runner itself failed: never leave a caller waiting
+                self._queue.popleft().fail(ApplyAlone())
+            raise
+
+    async def _apply(self, batch: list[_Entry]) -> list[_Entry]:
+        """Apply `batch` in one transaction; the entries left for the next batch."""
+        batch, later = _one_per_person(batch)
+        try:
+            async with self.db.write() as conn:
+                staged, failed, deferred = await self._apply_in(conn, batch)
+        except _Resent as resent:  # answered alone, with the stored ACK; the rest are written again at once
+            ROLLED_BACK.labels("resent").inc()
+            for entry in resent.entries:
+                entry.fail(ApplyAlone())
+            return [e for e in batch if e not in resent.entries] + later
+        except Exception as exc:  # noqa: BLE001 - rolled back: each message is applied alone, as without batching
+            log.info("group commit of %d messages rolled back (%s); applying each alone", len(batch),
+                     type(exc).__name__)
+            ROLLED_BACK.labels("error").inc()
+            for entry in batch:
+                entry.fail(ApplyAlone())
+            return later
+        except BaseException:
+            for entry in batch + later:
+                entry.fail(ApplyAlone())
+            raise
+        BATCH_SIZE.observe(len(staged))
+        for item in staged:
+            item.entry.answer(item.entry.job.processed(item.record, item.message_id))
+        for entry, error in failed:
+            entry.fail(error)
+        return deferred + later
+
+    async def _apply_in(self, conn: Any, batch: list[_Entry]
+                        ) -> tuple[list[_Staged], list[tuple[_Entry, MappingError]], list[_Entry]]:
+        """Locks, one read, each plan, one write, the transfers hooks: (written, failed, deferred)."""
+        failed: list[tuple[_Entry, MappingError]] = []
+        readable: list[tuple[_Entry, set[tuple[str, str]], list[tuple[str, str]]]] = []
+        for entry in batch:
+            try:
+                apply.check_documents(entry.result.resources)
+            except MappingError as exc:
+                failed.append((entry, exc))
+                continue
+            readable.append((entry, *apply.state_keys(entry.result)))
+        now = self.now()
+        ids = await store.lock_and_reserve_many(conn, (k for e, _, _ in readable for k in e.lock_keys), len(readable))
+        currents, candidates = await apply.read_state(
+            conn, {k for _, wanted, _ in readable for k in wanted},
+            sorted({i for _, _, identifiers in readable for i in identifiers}))
+        staged: list[_Staged] = []
+        deferred: list[_Entry] = []
+        written: set[tuple[str, str]] = set()
+        refreshed: set[int] = set()
+        for (entry, wanted, identifiers), message_id in zip(readable, ids, strict=True):
+            try:
+                plan = await apply.prepare(conn, entry.result, event_time=message_event_time(entry.result),
+                                           state=apply.state_view(currents, candidates, wanted, identifiers))
+            except MappingError as exc:
+                failed.append((entry, exc))
+                continue
+            touched = wanted | set(plan.currents) | {c.key for c in plan.changes}
+            if touched & written or refreshed.intersection(plan.refreshed_sources):
+                deferred.append(entry)  # it would read what an earlier message here writes
+                continue
+            record = entry.job.processed_record(entry.message, entry.result, plan, now)
+            changes, sources = staged_changes(plan, entry.message, entry.sender, entry.result, message_id, now)
+            written.update(c.key for c in changes)
+            refreshed.update(plan.refreshed_sources)
+            staged.append(_Staged(entry, message_id, record, changes, sources))
+        if staged:
+            try:
+                await store.write_messages(conn, [c for s in staged for c in s.changes], now,
+                                           [s.sources for s in staged], [(s.message_id, s.record) for s in staged])
+            except store.DuplicateMessage as duplicate:
+                raise _Resent([s.entry for s in staged if s.message_id in set(duplicate.args)]) from None
+            for item in staged:  # transfers of care (docs/transfers.md)
+                await after_ingest(conn, item.entry.message, item.entry.sender, item.entry.result, now=now)
+        return staged, failed, deferred
+
+
+def _one_per_person(batch: list[_Entry]) -> tuple[list[_Entry], list[_Entry]]:
+    """The batch without any message about a person, or with a (sender, control id), already in it: those wait."""
+    taken: list[_Entry] = []
+    waiting: list[_Entry] = []
+    locked: set[int] = set()
+    keys: set[tuple[str, str]] = set()
+    for entry in batch:
+        if entry.lock_keys & locked or entry.dedupe_key in keys:
+            waiting.append(entry)
+            continue
+        taken.append(entry)
+        locked |= entry.lock_keys
+        keys.add(entry.dedupe_key)
+    return taken, waiting
