@@ -113,12 +113,15 @@ resource_versions = Table(
 
 
 def index_table(
-    name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...], pattern_ops: tuple[str, ...] = ()
+    name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...], pattern_ops: tuple[str, ...] = (),
+    partial: dict[int, str] | None = None,
 ) -> Table:
+    """A table of index rows, each pointing at `resources.pk`, with no key of its own: rows are found
+    through `indexes` and replaced by `res_pk` (a surrogate key would cost every row one more B-tree
+    insert). `partial` maps an index's position to the condition it is limited to."""
     table = Table(
         name,
         metadata,
-        Column("id", PrimaryKeyInt, primary_key=True, autoincrement=True),
         Column("res_pk", PrimaryKeyInt, nullable=False),
         Column("res_type", String(64), nullable=False),
         Column("param", String(64), nullable=False),
@@ -128,7 +131,9 @@ def index_table(
     for i, cols in enumerate(indexes):
         # varchar_pattern_ops lets PostgreSQL use the index for `LIKE 'prefix%'` in any collation.
         ops = {c: "varchar_pattern_ops" for c in cols if c in pattern_ops}
-        Index(f"ix_{name}_search_{i}", *(table.c[c] for c in cols), postgresql_ops=ops)
+        where = text((partial or {})[i]) if i in (partial or {}) else None
+        Index(f"ix_{name}_search_{i}", *(table.c[c] for c in cols), postgresql_ops=ops,
+              postgresql_where=where, sqlite_where=where)
     return table
 
 
@@ -171,6 +176,7 @@ idx_reference = index_table(
         ("target_type", "target_id"),
         ("res_type", "param", "url"),
     ),
+    partial={2: "url IS NOT NULL"},  # few references are absolute URLs (migration 0008)
 )
 
 idx_quantity = index_table(
