@@ -39,15 +39,15 @@ def observation(patient_id: str, value: float = 70.0, when: str = "2025-01-01T10
     }
 
 
-def post(client, path: str, body: Any, **headers: str):  # noqa: ANN001, ANN201
+def post(client, path: str, body: Any, **headers: str):
     return client.post(f"/fhir/{path}", json=body, headers={"Content-Type": FHIR, **headers})
 
 
-def put(client, path: str, body: Any, **headers: str):  # noqa: ANN001, ANN201
+def put(client, path: str, body: Any, **headers: str):
     return client.put(f"/fhir/{path}", json=body, headers={"Content-Type": FHIR, **headers})
 
 
-def outcome_codes(response) -> list[str]:  # noqa: ANN001
+def outcome_codes(response) -> list[str]:
     body = response.json()
     assert body["resourceType"] == "OperationOutcome", body
     return [issue["code"] for issue in body["issue"]]
@@ -56,7 +56,7 @@ def outcome_codes(response) -> list[str]:  # noqa: ANN001
 # -- metadata, auth ------------------------------------------------------------------------------------
 
 
-def test_metadata_is_public_and_lists_search_parameters(client) -> None:  # noqa: ANN001
+def test_metadata_is_public_and_lists_search_parameters(client) -> None:
     response = client.get("/fhir/metadata", headers={"Authorization": ""})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith(FHIR)
@@ -68,7 +68,7 @@ def test_metadata_is_public_and_lists_search_parameters(client) -> None:  # noqa
     assert statement["rest"][0]["security"]["service"]
 
 
-def test_requests_without_a_token_get_401_with_a_challenge(client) -> None:  # noqa: ANN001
+def test_requests_without_a_token_get_401_with_a_challenge(client) -> None:
     response = client.get("/fhir/Patient", headers={"Authorization": ""})
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer")
@@ -77,7 +77,7 @@ def test_requests_without_a_token_get_401_with_a_challenge(client) -> None:  # n
     assert garbled.status_code == 401
 
 
-def test_scopes_are_enforced_per_interaction_and_type(client, make_token) -> None:  # noqa: ANN001
+def test_scopes_are_enforced_per_interaction_and_type(client, make_token) -> None:
     reader = {"Authorization": f"Bearer {make_token('user/Patient.rs')}"}
     created = post(client, "Patient", patient(**REGISTERED_AT_RR8))
     assert client.get(f"/fhir/Patient/{created.json()['id']}", headers=reader).status_code == 200
@@ -87,7 +87,7 @@ def test_scopes_are_enforced_per_interaction_and_type(client, make_token) -> Non
     assert client.get("/fhir/Observation", headers=reader).status_code == 403
 
 
-def test_patient_scoped_token_sees_only_its_patient(client, make_token) -> None:  # noqa: ANN001
+def test_patient_scoped_token_sees_only_its_patient(client, make_token) -> None:
     mine = post(client, "Patient", patient("Mine", **REGISTERED_AT_RR8)).json()["id"]
     other = post(client, "Patient", patient("Other", nhs="9449305552", **REGISTERED_AT_RR8)).json()["id"]
     post(client, "Observation", observation(mine))
@@ -103,7 +103,7 @@ def test_patient_scoped_token_sees_only_its_patient(client, make_token) -> None:
 # -- CRUD, versions, history -------------------------------------------------------------------------------
 
 
-def test_create_read_update_delete_and_history(client) -> None:  # noqa: ANN001
+def test_create_read_update_delete_and_history(client) -> None:
     created = post(client, "Patient", patient())
     assert created.status_code == 201
     body = created.json()
@@ -138,7 +138,7 @@ def test_create_read_update_delete_and_history(client) -> None:  # noqa: ANN001
     assert any(link["relation"] == "next" for link in type_history["link"])
 
 
-def test_update_as_create_and_prefer(client) -> None:  # noqa: ANN001
+def test_update_as_create_and_prefer(client) -> None:
     created = put(client, "Patient/pat-1", {**patient(), "id": "pat-1"})
     assert created.status_code == 201
     unchanged = put(client, "Patient/pat-1", {**patient(), "id": "pat-1"})
@@ -150,7 +150,7 @@ def test_update_as_create_and_prefer(client) -> None:  # noqa: ANN001
     assert outcome.status_code == 201 and outcome.json()["resourceType"] == "OperationOutcome"
 
 
-def test_conditional_create_and_update(client) -> None:  # noqa: ANN001
+def test_conditional_create_and_update(client) -> None:
     criteria = {"If-None-Exist": f"identifier={NHS}|9912003888"}
     first = post(client, "Patient", patient(), **criteria)
     second = post(client, "Patient", patient(), **criteria)
@@ -169,7 +169,7 @@ def test_conditional_create_and_update(client) -> None:  # noqa: ANN001
 # -- errors ----------------------------------------------------------------------------------------------------
 
 
-def test_invalid_nhs_number_is_422_naming_the_field(client) -> None:  # noqa: ANN001
+def test_invalid_nhs_number_is_422_naming_the_field(client) -> None:
     response = post(client, "Patient", patient(nhs="9912003814"))
     assert response.status_code == 422
     issue = response.json()["issue"][0]
@@ -185,14 +185,14 @@ def test_invalid_nhs_number_is_422_naming_the_field(client) -> None:  # noqa: AN
         ({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}, 400, "resourceType"),
     ],
 )
-def test_structural_errors_are_400_naming_the_field(client, body, status, expression) -> None:  # noqa: ANN001
+def test_structural_errors_are_400_naming_the_field(client, body, status, expression) -> None:
     response = post(client, "Patient", body)
     assert response.status_code == status
     expressions = [e for issue in response.json()["issue"] for e in issue.get("expression", [])]
     assert any(e.startswith(expression) for e in expressions), expressions
 
 
-def test_bad_requests_are_operation_outcomes(client) -> None:  # noqa: ANN001
+def test_bad_requests_are_operation_outcomes(client) -> None:
     malformed = client.post("/fhir/Patient", content=b"{not json", headers={"Content-Type": FHIR})
     assert malformed.status_code == 400 and outcome_codes(malformed) == ["invalid"]
     wrong_type = client.post("/fhir/Patient", content=b"<Patient/>", headers={"Content-Type": "application/xml"})
@@ -214,7 +214,7 @@ def test_bad_requests_are_operation_outcomes(client) -> None:  # noqa: ANN001
 # -- search ------------------------------------------------------------------------------------------------------
 
 
-def test_search_by_name_identifier_and_paging(client) -> None:  # noqa: ANN001
+def test_search_by_name_identifier_and_paging(client) -> None:
     pid = post(client, "Patient", patient("Ó'Brien")).json()["id"]
     post(client, "Patient", patient("Smith", nhs="9449305552"))
     assert client.get("/fhir/Patient?family=o'bri").json()["total"] == 1
@@ -235,7 +235,7 @@ def test_search_by_name_identifier_and_paging(client) -> None:  # noqa: ANN001
     assert len(seen) == 25 == len(set(seen))
 
 
-def test_search_result_parameters(client) -> None:  # noqa: ANN001
+def test_search_result_parameters(client) -> None:
     pid = post(client, "Patient", patient()).json()["id"]
     oid = post(client, "Observation", observation(pid)).json()["id"]
     count = client.get(f"/fhir/Observation?subject=Patient/{pid}&_summary=count").json()
@@ -256,7 +256,7 @@ def test_search_result_parameters(client) -> None:  # noqa: ANN001
     assert missing["total"] == 1
 
 
-def test_unknown_search_parameter_is_400_unless_lenient(client) -> None:  # noqa: ANN001
+def test_unknown_search_parameter_is_400_unless_lenient(client) -> None:
     strict = client.get("/fhir/Patient?shoe-size=9")
     assert strict.status_code == 400
     assert strict.json()["issue"][0]["expression"] == ["shoe-size"]
@@ -265,14 +265,14 @@ def test_unknown_search_parameter_is_400_unless_lenient(client) -> None:  # noqa
     assert client.get("/fhir/Observation?date=not-a-date").status_code == 400
 
 
-def test_post_search_takes_a_form(client) -> None:  # noqa: ANN001
+def test_post_search_takes_a_form(client) -> None:
     post(client, "Patient", patient())
     response = client.post("/fhir/Patient/_search", content=b"family=smith",
                            headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert response.status_code == 200 and response.json()["total"] == 1
 
 
-def test_everything_returns_the_compartment_paged(client) -> None:  # noqa: ANN001
+def test_everything_returns_the_compartment_paged(client) -> None:
     pid = post(client, "Patient", patient()).json()["id"]
     other = post(client, "Patient", patient(nhs="9449305552")).json()["id"]
     for i in range(5):
@@ -291,7 +291,7 @@ def test_everything_returns_the_compartment_paged(client) -> None:  # noqa: ANN0
 # -- transaction and batch -------------------------------------------------------------------------------------------
 
 
-def test_transaction_resolves_urn_uuid_references(client) -> None:  # noqa: ANN001
+def test_transaction_resolves_urn_uuid_references(client) -> None:
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
@@ -313,7 +313,7 @@ def test_transaction_resolves_urn_uuid_references(client) -> None:  # noqa: ANN0
     assert obs["total"] == 1
 
 
-def test_transaction_is_all_or_nothing(client) -> None:  # noqa: ANN001
+def test_transaction_is_all_or_nothing(client) -> None:
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
@@ -328,7 +328,7 @@ def test_transaction_is_all_or_nothing(client) -> None:  # noqa: ANN001
     assert client.get("/fhir/Patient?family=rollback").json()["total"] == 0
 
 
-def test_batch_reports_each_entry(client) -> None:  # noqa: ANN001
+def test_batch_reports_each_entry(client) -> None:
     bundle = {
         "resourceType": "Bundle",
         "type": "batch",
@@ -347,7 +347,7 @@ def test_batch_reports_each_entry(client) -> None:  # noqa: ANN001
 # -- operations --------------------------------------------------------------------------------------------------------
 
 
-def test_operational_endpoints(client) -> None:  # noqa: ANN001
+def test_operational_endpoints(client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     client.get("/fhir/Patient")
     metrics = client.get("/metrics").text
@@ -357,7 +357,7 @@ def test_operational_endpoints(client) -> None:  # noqa: ANN001
     assert client.get("/openapi.json").json()["info"]["title"].startswith("sharedcare")
 
 
-def test_request_log_carries_no_patient_identifiers(client, caplog) -> None:  # noqa: ANN001
+def test_request_log_carries_no_patient_identifiers(client, caplog) -> None:
     import logging
 
     logger = logging.getLogger("sharedcare.request")
@@ -374,7 +374,7 @@ def test_request_log_carries_no_patient_identifiers(client, caplog) -> None:  # 
     assert {getattr(r, "fields", {}).get("route") for r in records} >= {"/fhir/{type}", "/fhir/{type}/{id}"}
 
 
-def test_summary_true_keeps_the_elements_r4_marks_is_summary(client) -> None:  # noqa: ANN001
+def test_summary_true_keeps_the_elements_r4_marks_is_summary(client) -> None:
     created = post(client, "Patient", patient(photo=[{"contentType": "image/png", "data": "AA=="}],
                                               communication=[{"language": {"text": "English"}}])).json()
     summary = client.get(f"/fhir/Patient/{created['id']}?_summary=true").json()

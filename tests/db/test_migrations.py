@@ -10,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-import engine.audit.schema  # noqa: F401 - its tables join the metadata
-import engine.db.access_schema  # noqa: F401
-import engine.db.ingest_schema  # noqa: F401
+import engine.audit.schema
+import engine.db.access_schema
+import engine.db.ingest_schema
 import engine.transfers.schema  # noqa: F401
 from engine.config import sync_database_url
 from engine.db.migrate import downgrade, upgrade

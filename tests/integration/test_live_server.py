@@ -13,7 +13,7 @@ FHIR = "application/fhir+json"
 pytestmark = pytest.mark.integration
 
 
-def test_fhirpy_creates_reads_searches_and_pages(live_server, make_token) -> None:  # noqa: ANN001
+def test_fhirpy_creates_reads_searches_and_pages(live_server, make_token) -> None:
     """fhirpy (beda-software), unmodified, against the running server."""
     from fhirpy import SyncFHIRClient
 
@@ -55,7 +55,7 @@ def test_fhirpy_creates_reads_searches_and_pages(live_server, make_token) -> Non
     assert client.reference("Patient", patient.id).to_resource()["meta"]["versionId"] == "2"
 
 
-def test_concurrent_conditional_creates_make_exactly_one(live_server, make_token) -> None:  # noqa: ANN001
+def test_concurrent_conditional_creates_make_exactly_one(live_server, make_token) -> None:
     """20 clients racing If-None-Exist with the same identifier leave one Patient (and 1 × 201)."""
     headers = {"Authorization": f"Bearer {make_token()}", "Content-Type": FHIR,
                "If-None-Exist": f"identifier={NHS}|9449305552"}
@@ -75,7 +75,7 @@ def test_concurrent_conditional_creates_make_exactly_one(live_server, make_token
     assert search.json()["total"] == 1
 
 
-def test_concurrent_transactions_with_conditional_creates_make_exactly_one(live_server, make_token) -> None:  # noqa: ANN001
+def test_concurrent_transactions_with_conditional_creates_make_exactly_one(live_server, make_token) -> None:
     """The same race through transaction Bundles (`request.ifNoneExist`)."""
     auth = {"Authorization": f"Bearer {make_token()}", "Content-Type": FHIR}
     bundle = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-import engine.db.access_schema  # noqa: F401
+import engine.db.access_schema
 import engine.db.ingest_schema  # noqa: F401
 from engine.config import load_settings, sync_database_url
 from engine.db.schema import metadata
