@@ -20,7 +20,9 @@ Method (bench/README.md says more):
       store's own engine (SQLAlchemy async, psycopg, `engine.db.database.open_database`);
    b. MLLP ingest: `--senders` connections, each waiting for its ACK before sending the next message;
    c. MLLP ingest pipelined: the same with up to `--window` messages unacknowledged per connection;
-6. print msg/s, ACK latency p50/p99, non-AA ACKs, the ratio to the floor, and for (b) and (c) the CPU
+   d. MLLP ingest as (b), by a server restarted with group commit off (SHAREDCARE_INGEST_GROUP_COMMIT=0:
+      a transaction per message, engine/ingest/group_commit.py), on the same store, later;
+6. print msg/s, ACK latency p50/p99, non-AA ACKs, the ratio to the floor, and for (b), (c) and (d) the CPU
    time (utime + stime from /proc) per stored message of the server's processes and of the scratch
    database's PostgreSQL backends (warm-up included on both sides of the division), the load average,
    and whether the goal (stop-and-wait MLLP ingest ≥ 1,000 msg/s) is met. With `--profile`, py-spy
@@ -61,7 +63,7 @@ DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 GOAL = 1000.0  # msg/s, MLLP ingest with each sender waiting for its ACK
 # Where each scenario's streams start (MessageStream.seq): the preload (L), the stop-and-wait (S) and pipelined (P)
 # runs send different visits at different times rather than the same events again.
-SCENARIO_SEQ = {"T": 0, "F": 0, "L": 1_000_000, "S": 2_000_000, "P": 3_000_000}
+SCENARIO_SEQ = {"T": 0, "F": 0, "L": 1_000_000, "S": 2_000_000, "P": 3_000_000, "A": 4_000_000}
 # Eight acute trusts (ODS codes), one per connection: the sending facility in MSH-4.
 FACILITIES = ["RR8", "RAE", "RCF", "RWY", "RXF", "RHQ", "RJL", "RFF", "RWA", "RCD", "RXR", "RTD"]
 FAMILIES = ["HUGHES", "KHAN", "SMITH", "OKAFOR", "NOWAK", "PATEL", "JONES", "WALKER", "BEGUM", "MURPHY"]
@@ -99,8 +101,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--keep", action="store_true", help="keep the scratch database and the server log")
     add("--profile", type=Path, metavar="FILE",
         help="sample the server with py-spy during the stop-and-wait run; write collapsed stacks to FILE")
-    add("--only", choices=["transport", "floor", "mllp", "pipelined"], action="append",
+    add("--only", choices=["transport", "floor", "mllp", "pipelined", "one-by-one"], action="append",
         help="run only these scenarios (repeatable)")
+    add("--server-env", action="append", default=[], metavar="NAME=VALUE",
+        help="an environment variable for the server, e.g. SHAREDCARE_INGEST_MAX_BATCH=8 (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -534,13 +538,14 @@ class Server:
                 self.process.wait(5)
 
 
-def start_server(db_url: str, workdir: Path, senders: int, log_level: str, processes: int = 1) -> Server:
+def start_server(db_url: str, workdir: Path, senders: int, log_level: str, processes: int = 1,
+                 extra_env: dict[str, str] | None = None) -> Server:
     http_port, mllp_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHAREDCARE_")}
     env.update(SHAREDCARE_DATABASE_URL=db_url, SHAREDCARE_HOME=str(workdir / "home"),
                SHAREDCARE_HTTP_PORT=str(http_port), SHAREDCARE_MLLP_PORT=str(mllp_port),
                SHAREDCARE_MLLP_PROCESSES=str(processes),
-               SHAREDCARE_SENDERS_FILE=str(senders_file(workdir / "senders.json", senders)))
+               SHAREDCARE_SENDERS_FILE=str(senders_file(workdir / "senders.json", senders)), **(extra_env or {}))
     log = workdir / "sharedcare.log"
     with log.open("wb") as out:
         process = subprocess.Popen([str(BIN / "sharedcare"), "serve", "--workers", "1", "--log-level", log_level],
@@ -632,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
     out = Console(width=None if sys.stdout.isatty() else 150)
-    only = set(args.only or ["transport", "floor", "mllp", "pipelined"])
+    only = set(args.only or ["transport", "floor", "mllp", "pipelined", "one-by-one"])
+    server_env = dict(item.split("=", 1) for item in args.server_env)
     name = f"sharedcare_bench_mllp_{os.getpid()}_{random.randrange(1 << 20):05x}"
     workdir = Path(tempfile.mkdtemp(prefix="sharedcare-bench-mllp-"))
     db_url = create_database(args.database_url, name)
@@ -654,16 +660,21 @@ def main(argv: list[str] | None = None) -> int:
         if "floor" in only:
             console.print(f"measuring the store-only floor ({args.warmup:g} s warm-up + {args.duration:g} s)")
             results["floor"] = run_in_process(floor_load, db_url, _tagged(spec, "F"))
-        server = start_server(db_url, workdir, args.senders, args.log_level, args.mllp_processes)
+        server = start_server(db_url, workdir, args.senders, args.log_level, args.mllp_processes, server_env)
         server.wait_ready()
-        if args.preload > 0 and only & {"mllp", "pipelined"}:
+        if args.preload > 0 and only & {"mllp", "pipelined", "one-by-one"}:
             console.print(f"preloading the store: {args.preload:g} s of pipelined MLLP ingest, then VACUUM ANALYZE")
             run_in_process(mllp_load, "127.0.0.1", server.mllp_port, args.window,
                            _tagged(Spec(args.senders, args.patients, "", 0.0, args.preload), "L"))
             vacuum_analyze(db_url)
-        for key, window, tag in (("mllp", 1, "S"), ("pipelined", args.window, "P")):
+        for key, window, tag in (("mllp", 1, "S"), ("pipelined", args.window, "P"), ("one-by-one", 1, "A")):
             if key not in only:
                 continue
+            if key == "one-by-one":  # the same server with group commit off: a transaction per message
+                server.stop()
+                server = start_server(db_url, workdir, args.senders, args.log_level, args.mllp_processes,
+                                      {**server_env, "SHAREDCARE_INGEST_GROUP_COMMIT": "0"})
+                server.wait_ready()
             console.print(f"measuring MLLP ingest, {args.senders} senders, window {window} "
                           f"({args.warmup:g} s warm-up + {args.duration:g} s)")
             profiler = None
@@ -706,13 +717,16 @@ def main(argv: list[str] | None = None) -> int:
         "floor": f"store-only floor: INSERT hl7_messages, 1 commit/msg, {args.senders} connections",
         "mllp": f"MLLP ingest, {args.senders} senders, each waits for its ACK",
         "pipelined": f"MLLP ingest, {args.senders} senders, pipelined (window {args.window})",
+        "one-by-one": f"MLLP ingest, {args.senders} senders, each waits for its ACK, a transaction per message "
+                      "(SHAREDCARE_INGEST_GROUP_COMMIT=0)",
     }
     for key, label in labels.items():
         result = results.get(key)
         if result is None:
             table.add_row(label, "not measured", "", "", "", "", "", "")
             continue
-        ratio = f"{result.rate / floor.rate:.0%}" if floor and floor.rate and key in ("mllp", "pipelined") else ""
+        ratio = (f"{result.rate / floor.rate:.0%}" if floor and floor.rate and key in ("mllp", "pipelined", "one-by-one")
+                 else "")
         table.add_row(label, f"{result.rate:,.0f}", f"{result.percentile(50):.2f}", f"{result.percentile(99):.2f}",
                       str(result.non_aa) if key != "floor" else "", ratio,
                       f"{cpu_ms[key]:.2f}" if key in cpu_ms else "", f"{db_cpu_ms[key]:.2f}" if key in db_cpu_ms else "")
