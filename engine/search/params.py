@@ -489,6 +489,13 @@ def _choice(name: str, raw: str, allowed: frozenset[str]) -> str:
 
 # -- the whole query ---------------------------------------------------------------------------
 
+# What one search may ask for. Each parameter occurrence is a condition of its own in the statement, and
+# PostgreSQL's planning time grows steeply with their number: thousands of repeated parameters would keep
+# a database connection busy for minutes. Far above what a clinical system sends.
+MAX_CRITERIA = 30  # parameter occurrences (AND)
+MAX_VALUES = 1000  # comma-separated values of one occurrence (OR)
+MAX_INCLUDES = 20  # _include and _revinclude together
+
 
 def parse_search(
     resource_type: str,
@@ -532,6 +539,8 @@ def parse_search(
                 result[base] = raw
                 continue  # a paging position, not part of the query the links repeat
             elif base in ("_include", "_revinclude"):
+                if len(includes) + len(revincludes) >= MAX_INCLUDES:
+                    raise SearchError(base, f"a search may have at most {MAX_INCLUDES} _include and _revinclude")
                 target = includes if base == "_include" else revincludes
                 target.append(_include(resource_type, name, raw, reverse=base == "_revinclude"))
             elif base in ("_format", "_pretty"):
@@ -540,6 +549,10 @@ def parse_search(
                 ignored.append((name, raw))  # an empty value selects nothing: ignore it
                 continue
             else:
+                if len(criteria) >= MAX_CRITERIA:
+                    raise SearchError(name, f"a search may combine at most {MAX_CRITERIA} search parameters")
+                if len(_values(raw)) > MAX_VALUES:
+                    raise SearchError(name, f"a search parameter may have at most {MAX_VALUES} values")
                 criteria.append(_condition(resource_type, name, raw))
         except _Unsupported as exc:
             if not lenient:

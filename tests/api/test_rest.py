@@ -265,6 +265,12 @@ def test_unknown_search_parameter_is_400_unless_lenient(client) -> None:
     assert client.get("/fhir/Observation?date=not-a-date").status_code == 400
 
 
+def test_a_search_with_thousands_of_parameters_is_400_not_minutes_of_database_time(client) -> None:
+    many = client.get("/fhir/Patient?" + "&".join(f"family=a{i}" for i in range(2000)))
+    assert many.status_code == 400 and many.json()["resourceType"] == "OperationOutcome"
+    assert many.json()["issue"][0]["expression"] == ["family"]
+
+
 def test_post_search_takes_a_form(client) -> None:
     post(client, "Patient", patient())
     response = client.post("/fhir/Patient/_search", content=b"family=smith",

@@ -52,6 +52,18 @@ def test_split_keeps_escaped_separators() -> None:
     assert unescape(r"x\|y\$z") == "x|y$z"
 
 
+def test_a_search_asks_for_a_bounded_amount_of_work() -> None:
+    from engine.search.params import MAX_CRITERIA, MAX_INCLUDES, MAX_VALUES
+
+    assert len(parse_search("Patient", [("family", f"a{i}") for i in range(MAX_CRITERIA)]).criteria) == MAX_CRITERIA
+    too_many = error("Patient", [("family", f"a{i}") for i in range(MAX_CRITERIA + 1)])
+    assert too_many.param == "family" and str(MAX_CRITERIA) in too_many.message
+    assert len(one("Patient", "family", ",".join(f"a{i}" for i in range(MAX_VALUES))).matches) == MAX_VALUES
+    assert error("Patient", [("family", ",".join(f"a{i}" for i in range(MAX_VALUES + 1)))]).param == "family"
+    includes = [("_include", "Observation:subject")] * (MAX_INCLUDES + 1)
+    assert error("Observation", includes).param == "_include"
+
+
 def test_comma_is_or_and_repetition_is_and() -> None:
     req = parse_search("Observation", [("code", "a,b"), ("code", "c")])
     assert [len(c.matches) for c in req.criteria] == [2, 1]
