@@ -29,6 +29,7 @@ from engine.fhir.bundles import Entry, bundle_bytes, resource_summary, resource_
 from engine.fhir.negotiation import FHIR_JSON
 from engine.outcomes import FhirError
 from engine.search.normalise import parse_fhir_date_range
+from engine.search.paging import decode_cursor
 from engine.search.params import SearchError, SearchRequest, parse_search
 from engine.search.registry import SUPPORTED_TYPES
 
@@ -117,8 +118,11 @@ class FhirService:
         lenient = negotiation.prefer_lenient(req.header("prefer"))
         honoured = [(k, v) for k, v in items if k not in _CONTROL_PARAMS]
         try:
-            return parse_search(res_type, honoured, lenient=lenient, default_count=self.default_count,
-                                max_count=self.max_count)
+            request = parse_search(res_type, honoured, lenient=lenient, default_count=self.default_count,
+                                   max_count=self.max_count)
+            if request.cursor:
+                decode_cursor(request.cursor, request)  # refused here, before the gate runs the search
+            return request
         except SearchError as exc:
             raise outcomes.bad_request(exc.message, (exc.param,), "bad-search-parameter") from None
 
@@ -174,7 +178,7 @@ class FhirService:
         since = parse_instant(req.param("_since"), "_since")
         types = _types(req.param("_type"))
         after_pk, snapshot = _decode_pk_cursor(req.param("_cursor"))
-        page, next_pk, snapshot = await self.gate.everything(
+        page, next_pk, snapshot, withheld = await self.gate.everything(
             req.principal, patient_id, types=types, since=since, count=count, after_pk=after_pk, snapshot_pk=snapshot
         )
         entries = [
@@ -187,6 +191,8 @@ class FhirService:
         links = [("self", _link(path, kept, req.param("_cursor")))]
         if next_pk is not None:
             links.append(("next", _link(path, kept, _encode_pk_cursor(next_pk, snapshot))))
+        if withheld:
+            entries.append(Entry({"search": {"mode": "outcome"}}, WITHHELD_OUTCOME))
         return FhirResponse(200, bundle_bytes("searchset", entries, links=links))
 
     async def access_explain(self, req: FhirRequest, patient_id: str) -> FhirResponse:

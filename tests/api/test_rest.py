@@ -390,3 +390,26 @@ def test_summary_true_keeps_the_elements_r4_marks_is_summary(client) -> None:
             "code": "SUBSETTED"} in summary["meta"]["tag"]
     found = client.get(f"/fhir/Patient?_id={created['id']}&_summary=true").json()["entry"][0]["resource"]
     assert "photo" not in found and found["name"] == created["name"]
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "e30", "not%20base64", "eyJkIjoibiJ9"])
+def test_a_search_with_a_cursor_that_is_not_ours_is_400_on_get_and_post(client, cursor) -> None:
+    post(client, "Patient", patient())
+    answers = [
+        client.get(f"/fhir/Patient?family=smith&_cursor={cursor}"),
+        client.post("/fhir/Patient/_search", content=f"family=smith&_cursor={cursor}".encode(),
+                    headers={"Content-Type": "application/x-www-form-urlencoded"}),
+    ]
+    for response in answers:
+        assert response.status_code == 400, response.text
+        assert response.json()["issue"][0]["expression"] == ["_cursor"]
+
+
+def test_a_cursor_of_another_search_is_400(client) -> None:
+    for family in ("Smith", "Smith", "Jones"):
+        post(client, "Patient", patient(family))
+    page = client.get("/fhir/Patient?family=smith&_count=1").json()
+    next_url = next(link["url"] for link in page["link"] if link["relation"] == "next")
+    cursor = next_url.partition("_cursor=")[2]
+    other = client.get(f"/fhir/Patient?family=jones&_cursor={cursor}")
+    assert other.status_code == 400 and other.json()["issue"][0]["expression"] == ["_cursor"]
