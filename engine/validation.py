@@ -7,7 +7,8 @@ or server business rules"):
 
 1. shape — a JSON object with a known R4 `resourceType` (and the one the caller expected) → else 400;
 2. model — `fhir.resources.R4B` (wire-compatible with R4 for our resources): types, cardinality, unknown
-   elements, choice types → else 400, one issue per pydantic error with a FHIRPath-style expression;
+   elements, choice types → else 400, one issue per pydantic error with a FHIRPath-style expression; then
+   required bindings, narrative content and NUL characters in strings → else 400;
 3. UK rules — UK Core Patient NHS number (modulus 11 check digit, at most one) → else 422.
 
 Issues use the FHIR IssueType codes (https://hl7.org/fhir/R4/valueset-issue-type.html). Diagnostics never
@@ -114,12 +115,30 @@ def validate_resource(data: object, expected_type: str | None = None) -> Validat
 
 
 def _content_issues(data: dict[str, Any], resource_type: str) -> Iterator[Issue]:
-    """Codes outside required bindings and narratives with active content (both 400)."""
+    """Codes outside required bindings, narratives with active content and NUL characters (all 400)."""
     for element, allowed in binding_violations(data):
         yield Issue("error", "code-invalid", f"{resource_type}.{element} must be one of: {allowed}",
                     [f"{resource_type}.{element}"])
     for expression, problem in narrative_issues(data, resource_type):
         yield Issue("error", "invalid", problem, [expression])
+    for loc in _nul_locations(data, ()):
+        path = fhirpath(resource_type, loc)
+        yield Issue("error", "value", f"{path} contains a NUL character (U+0000), which is not allowed", [path])
+
+
+def _nul_locations(node: object, loc: tuple[int | str, ...]) -> Iterator[tuple[int | str, ...]]:
+    """Where strings hold U+0000. FHIR strings should carry no control characters but tab, CR and LF
+    (https://hl7.org/fhir/R4/datatypes.html#string); NUL is refused outright, as PostgreSQL text and
+    jsonb cannot store it and the answer must not depend on the back end."""
+    if isinstance(node, str):
+        if "\x00" in node:
+            yield loc
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _nul_locations(value, (*loc, key))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _nul_locations(item, (*loc, i))
 
 
 def _result(issues: list[Issue], status: int) -> ValidationResult:

@@ -181,6 +181,17 @@ def test_errors_inside_bundle_entries_are_located() -> None:
     assert issue.expression == ["Bundle.entry[0].resource.status"]
 
 
+def test_nul_characters_in_strings_are_400_wherever_they_are() -> None:
+    data = _patient(name=[{"family": "A\u0000", "_given": [{"extension": [{"url": "x\u0000", "valueString": "b"}]}]}],
+                    contained=[{"resourceType": "Organization", "id": "o", "name": "\u0000"}])
+    result = validate_resource(data)
+    assert result.status == 400
+    assert sorted(e for i in result.issues for e in i.expression) == [
+        "Patient.contained[0].name", "Patient.name[0].family", "Patient.name[0].given[0].extension[0].url",
+    ]
+    assert validate_resource(_patient(name=[{"family": "tab\tand\nnewline"}])).ok
+
+
 def test_issues_are_capped() -> None:
     data = _patient(identifier=[{"value": n} for n in range(60)])
     result = validate_resource(data)

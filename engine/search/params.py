@@ -520,6 +520,8 @@ def parse_search(
     for name, raw in items:
         base = name.partition(":")[0]
         try:
+            if "\x00" in raw:  # no index holds one, and PostgreSQL text cannot carry it
+                raise SearchError(name, "a search value may not contain a NUL character (U+0000)")
             if base in RESULT_PARAMS and not (base in ("_include", "_revinclude") or name == base):
                 raise _Unsupported(name, f"modifier on {base} is not supported")
             if base in _SINGLETONS and base in result:

@@ -413,3 +413,32 @@ def test_a_cursor_of_another_search_is_400(client) -> None:
     cursor = next_url.partition("_cursor=")[2]
     other = client.get(f"/fhir/Patient?family=jones&_cursor={cursor}")
     assert other.status_code == 400 and other.json()["issue"][0]["expression"] == ["_cursor"]
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ("family=%00abc", "family"),
+    ("identifier=%00|%00", "identifier"),
+    ("general-practitioner=Organization/%00", "general-practitioner"),
+    ("family=smith,%00", "family"),
+])
+def test_a_nul_character_in_a_search_value_is_400_naming_the_parameter(client, query, param) -> None:
+    post(client, "Patient", patient())
+    answers = [
+        client.get(f"/fhir/Patient?{query}"),
+        client.post("/fhir/Patient/_search", content=query.encode(),
+                    headers={"Content-Type": "application/x-www-form-urlencoded"}),
+    ]
+    for response in answers:
+        assert response.status_code == 400, response.text
+        assert response.json()["issue"][0]["expression"] == [param]
+
+
+def test_a_nul_character_in_a_posted_resource_is_400_naming_the_field(client) -> None:
+    body = patient(family="Smi\u0000th")
+    created = post(client, "Patient", body)
+    assert created.status_code == 400, created.text
+    assert created.json()["issue"][0]["expression"] == ["Patient.name[0].family"]
+    updated = put(client, "Patient/nul-1", {**patient(), "id": "nul-1", "name": [{"given": ["A", "\u0000"]}]})
+    assert updated.status_code == 400, updated.text
+    assert updated.json()["issue"][0]["expression"] == ["Patient.name[0].given[1]"]
+    assert client.get("/fhir/Patient").json()["total"] == 0
