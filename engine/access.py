@@ -65,8 +65,10 @@ from engine.search.params import SearchError, SearchRequest, parse_search
 from engine.search.query import (
     SearchPage,
     count_only,
+    counts_only,
     criteria_clause,
     finish_page,
+    included_resources,
     match_flags,
     plan_page,
     search,
@@ -76,6 +78,8 @@ from engine.search.query import (
 CREATE, READ, UPDATE, DELETE, SEARCH = "c", "r", "u", "d", "s"
 _RBAC_ROLE = re.compile(r"^R\d{4}$")
 _INTERACTION_NAMES = {CREATE: "create", READ: "read", UPDATE: "update", DELETE: "delete", SEARCH: "search"}
+# `_summary=count` decides at most this many matches of patients holding a Consent one by one.
+_MAX_JUDGED_FOR_COUNT = 5000
 
 
 T = TypeVar("T")
@@ -302,13 +306,17 @@ class AccessGate:
             return await search(conn, request, restriction=scope_clause(who, SEARCH, request.resource_type))
         now = self.clock()
         viewer = await self.viewer(conn, who)
+        wanted = self._chains_limited(who, viewer, request)
+        # Included resources are found from the released matches only, level by level (below).
+        request = replace(wanted, includes=(), revincludes=())
         scope = scope_clause(who, SEARCH, request.resource_type)
         rules = self.sql.visible_pinned(viewer) if pinned else self.sql.visible(viewer)
         restriction = rules if scope is None else and_(scope, rules)
         params = self.sql.params(viewer, naive_utc(now))
         if pinned:
+            params["acc_pinned"] = pinned
             page, consents_possible, label_hidden = await self._pinned_search(
-                conn, who, viewer, request, pinned, now, restriction, {**params, "acc_pinned": pinned})
+                conn, who, viewer, request, pinned, now, restriction, params)
         else:
             consents_possible = request.cursor is not None  # a later page cannot tell; judge its rows
             label_hidden = False
@@ -321,13 +329,51 @@ class AccessGate:
                 # Python may withhold rows SQL counted: a total would reveal how many.
                 request = replace(request, total="none")
             page = await search(conn, request, restriction=restriction, restriction_values=params)
+        if consents_possible and counts_only(request):
+            total, withheld_any = await self._count_released(conn, who, request, restriction, params, now)
+            return replace(page, total=total, withheld=withheld_any or label_hidden)
         withheld = await self._withheld_by_consent(conn, who, READ, page.rows, now) if consents_possible else set()
         if withheld:
             page = replace(page, rows=[r for r in page.rows if r.pk not in withheld])
         page = replace(page, withheld=bool(withheld) or label_hidden)
-        if page.included:
-            page = replace(page, included=await self.release(conn, who, page.included))
+        if page.rows and (wanted.includes or wanted.revincludes):
+            included, left_out = await included_resources(conn, wanted, page.rows,
+                                                          release=lambda rows: self.release(conn, who, rows))
+            page = replace(page, included=included, withheld=page.withheld or left_out)
         return page
+
+    async def _count_released(self, conn: AsyncConnection, who: Principal, request: SearchRequest,
+                              restriction: ColumnElement[bool], params: dict[str, Any], now: datetime,
+                              ) -> tuple[int | None, bool]:
+        """`_summary=count` where Consents may withhold matches: the rows SQL decides alone are counted in
+        SQL, those of patients holding a Consent are decided one by one, as a search's would be. (None,
+        True) when there are too many of those to decide: a count that cannot be exact is not given."""
+        plain = await search(conn, request, restriction=and_(restriction, ~self.sql.holds_consent),
+                             restriction_values=params)
+        judged = await search(conn, replace(request, summary=None, count=_MAX_JUDGED_FOR_COUNT + 1, total="none"),
+                              restriction=and_(restriction, self.sql.holds_consent), restriction_values=params)
+        if len(judged.rows) > _MAX_JUDGED_FOR_COUNT or plain.total is None:
+            return None, True
+        withheld = await self._withheld_by_consent(conn, who, READ, judged.rows, now)
+        return plain.total + len(judged.rows) - len(withheld), bool(withheld)
+
+    def _chains_limited(self, who: Principal, viewer: Viewer, request: SearchRequest) -> SearchRequest:
+        """`request` with each chained parameter limited to resources `who` may see: its target type must be
+        one they may search (else 403), and only rows the SQL rules release to them are matched — never those
+        of a patient holding a Consent, which only a row-by-row decision could release."""
+        if not any(c.chain is not None for c in request.criteria):
+            return request
+        criteria = []
+        for condition in request.criteria:
+            chain = condition.chain
+            if chain is not None:
+                self.authorise(who, SEARCH, chain.target_type)
+                scope = scope_clause(who, SEARCH, chain.target_type)
+                targets = (self.sql.chain_targets(viewer) if scope is None
+                           else self.sql.chain_clause(viewer.needs_relationship, scope))
+                condition = replace(condition, chain=replace(chain, targets=targets))
+            criteria.append(condition)
+        return replace(request, criteria=tuple(criteria))
 
     async def _history(
         self, who: Principal, res_type: str | None, res_id: str | None, *, since: datetime | None,
@@ -364,8 +410,9 @@ class AccessGate:
     async def _everything(
         self, who: Principal, patient_id: str, *, types: Sequence[str] | None, since: datetime | None,
         count: int, after_pk: int | None, snapshot_pk: int | None,
-    ) -> tuple[list[Stored], int | None, int]:
-        """`Patient/[id]/$everything` (https://hl7.org/fhir/R4/patient-operation-everything.html)."""
+    ) -> tuple[list[Stored], int | None, int, bool]:
+        """`Patient/[id]/$everything` (https://hl7.org/fhir/R4/patient-operation-everything.html): the page,
+        the next pk, the snapshot, and whether the page left out something the policy withholds."""
         self.authorise(who, READ, "Patient")
         for res_type in types or ():
             self.authorise(who, READ, res_type)
@@ -380,7 +427,7 @@ class AccessGate:
             )
             readable = [row for row in page if self._role_allows(who, READ, row.res_type)]
             released = await self.release(conn, who, readable)
-        return released, next_pk, snapshot
+        return released, next_pk, snapshot, len(released) < len(page)
 
     # -- audit (IHE BALP; engine/audit) ---------------------------------------------------------------
 
@@ -409,7 +456,7 @@ class AccessGate:
     async def everything(
         self, who: Principal, patient_id: str, *, types: Sequence[str] | None, since: datetime | None,
         count: int, after_pk: int | None, snapshot_pk: int | None,
-    ) -> tuple[list[Stored], int | None, int]:
+    ) -> tuple[list[Stored], int | None, int, bool]:
         result = await self._audited(
             who, "operation", self._everything(who, patient_id, types=types, since=since, count=count,
                                                after_pk=after_pk, snapshot_pk=snapshot_pk),

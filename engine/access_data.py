@@ -55,6 +55,7 @@ from engine.db import repository
 from engine.db.access_schema import break_glass_grants
 from engine.db.schema import care_relationships, idx_token, resources
 from engine.search.normalise import naive_utc
+from engine.search.query import Visibility
 
 log = logging.getLogger("sharedcare.access")
 ORG_KEY_SECONDS = 60.0
@@ -169,6 +170,7 @@ class PolicySql:
         self._permitted = {needs: select(resources.c.pk, resources.c.patient_id, self.holds_consent)
                            .where(resources.c.pk.in_(bindparam("acc_pks", expanding=True)), self._visible[needs])
                            for needs in (True, False)}
+        self._chain_targets = {needs: self.chain_clause(needs) for needs in (True, False)}
 
     def params(self, viewer: Viewer, now: datetime) -> dict[str, Any]:
         """The bound values for `viewer` at `now` (naive UTC)."""
@@ -199,6 +201,16 @@ class PolicySql:
     def permitted(self, viewer: Viewer) -> Select:
         """(pk, patient id, holds a Consent) of the rows among :acc_pks the viewer may see."""
         return self._permitted[viewer.needs_relationship]
+
+    def chain_targets(self, viewer: Viewer) -> Visibility:
+        """What a chained search parameter may match for the viewer (engine.search.query.Visibility)."""
+        return self._chain_targets[viewer.needs_relationship]
+
+    def chain_clause(self, needs_relationship: bool, scope: ColumnElement[bool] | None = None) -> Visibility:
+        """Rows SQL lets the viewer see, but none of a patient who holds a Consent: only Python can judge
+        those, row by row, and a chain's test happens inside the statement (fail closed)."""
+        clause = and_(self._visible[needs_relationship], ~self.holds_consent)
+        return Visibility(clause if scope is None else and_(scope, clause))
 
     def _restricted_label(self) -> ColumnElement[bool]:
         pairs = [and_(idx_token.c.system == system, idx_token.c.code == code)

@@ -74,7 +74,7 @@ class GateReader:
         found: list[JSON] = []
         after, snapshot = None, None
         while True:
-            page, after, snapshot = await self.gate.everything(
+            page, after, snapshot, _ = await self.gate.everything(
                 self.who, patient_id, types=list(types), since=None, count=PAGE, after_pk=after, snapshot_pk=snapshot
             )
             found.extend(orjson.loads(s.content) for s in page if s.content and s.res_type in types)

@@ -116,10 +116,15 @@ Kind = Literal["string", "token", "date", "reference", "quantity", "number", "ur
 
 @dataclass(frozen=True, slots=True)
 class Chain:
-    """`ref:Type.param=…`: the referenced `target_type` resource must satisfy `condition`."""
+    """`ref:Type.param=…`: the referenced `target_type` resource must satisfy `condition`.
+
+    `targets` (set by the access gate, engine.search.query.Visibility) limits the resources the chain
+    may match to those the user may see, so that a chain cannot test what the user may not read.
+    """
 
     target_type: str
     condition: Condition
+    targets: object | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ Observations); `_total=none` skips it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -159,7 +159,7 @@ def _skeleton(criteria: Sequence[Condition], values: dict[str, Any], prefix: str
         chain = None
         if c.chain is not None:
             (inner,) = _skeleton([c.chain.condition], values, f"{name}x")
-            chain = Chain(c.chain.target_type, inner)
+            chain = Chain(c.chain.target_type, inner, c.chain.targets)
         out.append(Condition(c.param, c.kind, matches, c.negate, c.missing, chain))
     return tuple(out)
 
@@ -227,15 +227,34 @@ def _condition(r: FromClause, resource_type: str, c: Condition) -> ColumnElement
     return r.c.pk.in_(select(table.c.res_pk).where(scope, match).correlate(None))
 
 
+class Visibility:
+    """A WHERE over `resources` that limits which resources a chained parameter may match (the access
+    gate's rules for the user). Compared by identity, so that statements built with it are cached per rule."""
+
+    __slots__ = ("clause",)
+
+    def __init__(self, clause: ColumnElement[bool]) -> None:
+        self.clause = clause
+
+
 def _chain(r: FromClause, ref: FromClause, scope: ColumnElement[bool], c: Condition) -> ColumnElement[bool]:
-    """`ref:Type.param=x`: the reference points at a current Type resource that satisfies param=x."""
+    """`ref:Type.param=x`: the reference points at a current Type resource that satisfies param=x (and,
+    with `chain.targets`, that the user may see: the rules are written over `resources`, which the
+    uncorrelated subquery then names afresh)."""
     assert c.chain is not None
-    target = resources.alias()
-    targets = (
-        select(target.c.res_id)
-        .where(_where(target, c.chain.target_type, [c.chain.condition]))
-        .correlate(None)
-    )
+    if isinstance(c.chain.targets, Visibility):
+        targets = (
+            select(resources.c.res_id)
+            .where(_where(resources, c.chain.target_type, [c.chain.condition]), c.chain.targets.clause)
+            .correlate(None)
+        )
+    else:
+        target = resources.alias()
+        targets = (
+            select(target.c.res_id)
+            .where(_where(target, c.chain.target_type, [c.chain.condition]))
+            .correlate(None)
+        )
     pointing = select(ref.c.res_pk).where(
         scope, ref.c.target_type == c.chain.target_type, ref.c.target_id.in_(targets)
     )
@@ -544,20 +563,43 @@ def _set_cursors(
         page.prev_cursor = at(raw[0], "prev") if raw else around(cursor, "prev")  # type: ignore[arg-type]
 
 
+def counts_only(req: SearchRequest) -> bool:
+    """`_summary=count` or `_count=0`: the total alone, no rows."""
+    return req.summary == "count" or req.count == 0
+
+
 # -- _include / _revinclude ------------------------------------------------------------------------
+
+Release = Callable[[list[ResourceRow]], Awaitable[list[ResourceRow]]]
 
 
 async def _included(conn: AsyncConnection, req: SearchRequest, rows: list[ResourceRow]) -> list[ResourceRow]:
+    return (await included_resources(conn, req, rows))[0]
+
+
+async def included_resources(conn: AsyncConnection, req: SearchRequest, rows: list[ResourceRow], *,
+                             release: Release | None = None) -> tuple[list[ResourceRow], bool]:
     """Resources named by `_include`/`_revinclude` (search.html#include), `:iterate` one level further.
 
-    De-duplicated, without the page's own matches, without deleted resources, ordered by pk.
+    De-duplicated, without the page's own matches, without deleted resources, ordered by pk. With
+    `release` (the access gate's), each level keeps only what it releases and `:iterate` goes on from
+    those alone, so nothing is found through a resource the user may not see; the flag says whether
+    anything was left out.
     """
     seen = {row.pk for row in rows}
     found = await _include_level(conn, req.includes, req.revincludes, rows, seen)
+    left_out = False
+    if release is not None and found:
+        kept = await release(found)
+        left_out, found = len(kept) < len(found), kept
     iterate = [i for i in req.includes if i.iterate], [i for i in req.revincludes if i.iterate]
     if found and (iterate[0] or iterate[1]):
-        found += await _include_level(conn, iterate[0], iterate[1], found, seen)
-    return sorted(found, key=lambda row: row.pk)
+        more = await _include_level(conn, iterate[0], iterate[1], found, seen)
+        if release is not None and more:
+            kept = await release(more)
+            left_out, more = left_out or len(kept) < len(more), kept
+        found += more
+    return sorted(found, key=lambda row: row.pk), left_out
 
 
 async def _include_level(

@@ -128,8 +128,7 @@ def test_a_search_says_data_was_withheld_without_counting_it(record, as_user) ->
 
 def test_everything_and_history_hide_labelled_data_too(record, as_user) -> None:
     everything = record.get("/fhir/Patient/alice/$everything", headers=as_user("RR8")).json()
-    assert "obs-alice-psy" not in {e["resource"]["id"] for e in everything.get("entry", [])}
-    assert "obs-alice-hr" in {e["resource"]["id"] for e in everything.get("entry", [])}
+    assert "obs-alice-psy" not in ids(everything) and "obs-alice-hr" in ids(everything)
     history = record.get("/fhir/Observation/_history", headers=as_user("RR8")).json()
     assert "obs-alice-psy" not in {e["resource"]["id"] for e in history.get("entry", []) if "resource" in e}
     assert record.get("/fhir/Observation/obs-alice-psy/_history/1", headers=as_user("RR8")).status_code == 404
@@ -280,3 +279,71 @@ def test_a_privacy_consent_that_cannot_be_applied_fails_closed(record, as_user) 
     # Read as an objection: the hospital keeps its own data, the GP's is withheld.
     assert record.get("/fhir/Observation/obs-alice-hr", headers=as_user("RR8")).status_code == 200
     assert record.get("/fhir/Observation/obs-alice-gp-bp", headers=as_user("RR8")).status_code == 404
+
+
+# -- paths that could reveal withheld data indirectly -------------------------------------------------
+
+
+def psy_diagnosis(record) -> None:
+    """A mental-health diagnosis of Alice held by RGD (labelled), named by an RR8 admission's diagnosis."""
+    condition = {"resourceType": "Condition", "id": "cond-alice-psy", "subject": {"reference": "Patient/alice"},
+                 "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "F32"}]},
+                 "asserter": {"reference": "Practitioner/prac-rgd"},
+                 "meta": {"tag": [owner_tag("RGD")], "security": [{"system": s, "code": c} for s, c in (PSY, RESTRICTED)]}}
+    admission = {**encounter("enc-alice-dx", "alice", "org-rr8", "RR8", "2026-09-01T09:00:00Z", "2026-09-10T12:00:00Z"),
+                 "diagnosis": [{"condition": {"reference": "Condition/cond-alice-psy"}}]}
+    practitioner = {"resourceType": "Practitioner", "id": "prac-rgd", "name": [{"family": "Osei"}]}
+    for document in (practitioner, condition, admission):
+        response = record.put(f"/fhir/{document['resourceType']}/{document['id']}", json=document,
+                              headers={"Content-Type": FHIR})
+        assert response.status_code in {200, 201}, response.text
+
+
+def test_a_chained_parameter_cannot_test_what_the_user_may_not_see(record, as_user, make_token) -> None:
+    psy_diagnosis(record)
+    rr8 = as_user("RR8")
+    assert record.get("/fhir/Condition/cond-alice-psy", headers=rr8).status_code == 404
+    chained = "/fhir/Encounter?diagnosis:Condition.code=F32"
+    assert ids(record.get(chained, headers=rr8).json()) == set()
+    assert record.get(chained + "&_summary=count", headers=rr8).json()["total"] == 0
+    # The diagnosis's owner finds the admission through it.
+    assert ids(record.get(chained, headers=as_user("RGD")).json()) == {"enc-alice-dx"}
+    # A role that may not read Conditions, or a token without their scope, may not chain to them.
+    receptionist = record.get(chained, headers=as_user("RR8", "R8009"))
+    assert receptionist.status_code == 403 and details(receptionist) == "role"
+    narrow = {"Authorization": "Bearer " + make_token("user/Encounter.rs user/Patient.rs", role="R8000", org="RR8")}
+    assert record.get(chained, headers=narrow).status_code == 403
+
+
+def test_includes_iterate_only_from_what_was_released(record, as_user) -> None:
+    psy_diagnosis(record)
+    rr8 = as_user("RR8")
+    for query in ("/fhir/Patient?_id=alice&_revinclude=Condition:subject&_include:iterate=Condition:asserter",
+                  "/fhir/Encounter?_id=enc-alice-dx&_include=Encounter:diagnosis&_include:iterate=Condition:asserter"):
+        bundle = record.get(query, headers=rr8).json()
+        assert not {"cond-alice-psy", "prac-rgd"} & ids(bundle, "include"), query
+        assert withheld(bundle), query
+    owner = record.get("/fhir/Encounter?_id=enc-alice-dx&_include=Encounter:diagnosis"
+                       "&_include:iterate=Condition:asserter", headers=as_user("RGD")).json()
+    assert ids(owner, "include") == {"cond-alice-psy", "prac-rgd"} and not withheld(owner)
+
+
+def test_everything_says_when_something_was_withheld(record, as_user) -> None:
+    everything = record.get("/fhir/Patient/alice/$everything", headers=as_user("RR8")).json()
+    assert withheld(everything)
+    assert not withheld(record.get("/fhir/Patient/alice/$everything", headers=as_user("RGD")).json())
+
+
+def test_a_count_never_includes_what_an_objection_withholds(record, make_token, as_user) -> None:
+    alice = {"Authorization": "Bearer " + make_token("patient/*.rs patient/Consent.cu", role="", org="",
+                                                     patient="alice", fhirUser="Patient/alice")}
+    assert record.post("/fhir/Consent", json=objection("alice"),
+                       headers={**alice, "Content-Type": FHIR}).status_code == 201
+    rr8 = as_user("RR8")
+    listed = ids(record.get("/fhir/Observation?patient=alice", headers=rr8).json())
+    assert listed == {"obs-alice-hr"}
+    for query in ("/fhir/Observation?patient=alice&_summary=count", "/fhir/Observation?patient=alice&_count=0",
+                  "/fhir/Observation?_summary=count", "/fhir/Observation?code=85354-9&_summary=count"):
+        bundle = record.get(query, headers=rr8).json()
+        expected = 0 if "85354-9" in query else 1
+        assert bundle["total"] == expected, query
