@@ -265,6 +265,8 @@ async def _apply(conn: AsyncConnection, service: FhirService, req: FhirRequest, 
     if op.method == "POST":
         if op.matched_existing:
             stored = await repository.read(conn, op.res_type, op.res_id)
+            assert stored is not None  # found by the ifNoneExist search in this transaction, under its lock
+            await gate.audit_change(conn, who, "read", stored)  # the entry may carry its content: a read
             op.result = _entry_result(req, stored, "200 OK")
             return
         result = await writes.create(conn, gate, who, op.resource, now=now, res_id=op.res_id)

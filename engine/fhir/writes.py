@@ -104,6 +104,8 @@ async def create(
             raise outcomes.precondition_failed(f"If-None-Exist matched more than one {res_type}")
         if matches:
             existing = await repository.read(conn, res_type, matches[0])
+            assert existing is not None  # found by the search in this transaction, under its lock
+            await gate.audit_change(conn, who, "read", existing)  # its content is answered: a read
             return WriteResult(existing, 200, outcome=outcomes.informational("Matched an existing resource"))
     resource = gate.prepare(who, {k: v for k, v in resource.items() if k != "id"})
     stored = await repository.create(conn, resource, now=now, res_id=res_id)

@@ -41,6 +41,25 @@ def test_a_write_commits_its_audit_with_its_data(record, as_user) -> None:
     assert sorted((s, e["outcome"]) for e in events for s in subtypes([e])) == [("create", "0"), ("create", "4")]
 
 
+def test_a_conditional_create_that_finds_the_resource_audits_reading_it(record, as_user) -> None:
+    rr8 = {**as_user("RR8", user="dr-conditional"), "Content-Type": FHIR}
+    existing = obs("obs-cond", "alice", "RR8", "8310-5")
+    existing["identifier"] = [{"system": "https://example.org/obs", "value": "cond-1"}]
+    assert record.put("/fhir/Observation/obs-cond", json=existing, headers={"Content-Type": FHIR}).status_code == 201
+    again = {k: v for k, v in existing.items() if k != "id"}
+    found = record.post("/fhir/Observation", json=again,
+                        headers={**rr8, "If-None-Exist": "identifier=https://example.org/obs|cond-1"})
+    assert found.status_code == 200 and found.json()["id"] == "obs-cond"
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": again, "request": {"method": "POST", "url": "Observation",
+                                        "ifNoneExist": "identifier=https://example.org/obs|cond-1"}}]}
+    assert record.post("/fhir", json=bundle, headers=rr8).status_code == 200
+    events = audit_events(record, as_user(**IG), agent="dr-conditional")
+    reads = [e for e in events if subtypes([e]) == ["read"]]
+    assert len(reads) == 2
+    assert all("Observation/obs-cond" in str(e["entity"]) for e in reads)
+
+
 def test_break_glass_raises_an_alert_for_review(record, as_user) -> None:
     glass = as_user("RR8", user="ed-doctor", **{"X-Break-Glass-Reason": REASON})
     assert record.get("/fhir/Observation/obs-bob-hr", headers=glass).status_code == 200
