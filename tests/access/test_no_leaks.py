@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from consent.decide import decide
@@ -67,15 +67,19 @@ def worlds(draw: st.DrawFn) -> list[dict[str, Any]]:
                               "subject": {"reference": f"Patient/{patient}"}, "meta": {"tag": [owner_tag(org)]},
                               "serviceProvider": {"reference": f"Organization/org-{org.lower()}"},
                               "period": {"start": "2026-06-01T09:00:00Z", "end": "2026-06-01T10:00:00Z"}})
+        encounters = [d["id"] for d in documents if d["resourceType"] == "Encounter" and d["id"].startswith(f"enc-{patient}-")]
         for n in range(draw(st.integers(0, 3))):
             owner = draw(st.sampled_from(ORGS))
             meta: dict[str, Any] = {"tag": [owner_tag(owner)]}
             if draw(st.booleans()):
                 meta["security"] = [{"system": ACT_CODE_SYSTEM, "code": "PSY"}]
-            documents.append({"resourceType": "Observation", "id": f"obs-{patient}-{n}", "status": "final",
-                              "meta": meta, "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-                              "subject": {"reference": f"Patient/{patient}"},
-                              "effectiveDateTime": "2026-06-01T09:30:00Z"})
+            observation = {"resourceType": "Observation", "id": f"obs-{patient}-{n}", "status": "final",
+                           "meta": meta, "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                           "subject": {"reference": f"Patient/{patient}"},
+                           "effectiveDateTime": "2026-06-01T09:30:00Z"}
+            if encounters and draw(st.booleans()):
+                observation["encounter"] = {"reference": f"Encounter/{draw(st.sampled_from(encounters))}"}
+            documents.append(observation)
         for shape in draw(st.lists(st.sampled_from(["objection", "deny-psy-to-rr8", "permit-psy-to-b86001"]),
                                    max_size=2, unique=True)):
             documents.append(_consent(patient, shape))
@@ -104,8 +108,26 @@ def _returned(bundle: dict[str, Any]) -> set[str]:
             if e["resource"]["resourceType"] != "OperationOutcome"}
 
 
+def _objecting_patient_seen_by_their_gp() -> list[dict[str, Any]]:
+    """p1 objects; their GP (RR8) holds an Observation made in an encounter at RGD, which RR8 may not see."""
+    return [*_organisations(),
+            {"resourceType": "Patient", "id": "p1", "meta": {"tag": [owner_tag("RR8")]},
+             "generalPractitioner": [{"reference": "Organization/org-rr8"}]},
+            {"resourceType": "Encounter", "id": "enc-p1-0", "status": "finished",
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+             "subject": {"reference": "Patient/p1"}, "meta": {"tag": [owner_tag("RGD")]},
+             "serviceProvider": {"reference": "Organization/org-rgd"},
+             "period": {"start": "2026-06-01T09:00:00Z", "end": "2026-06-01T10:00:00Z"}},
+            {"resourceType": "Observation", "id": "obs-p1-0", "status": "final", "meta": {"tag": [owner_tag("RR8")]},
+             "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+             "subject": {"reference": "Patient/p1"}, "encounter": {"reference": "Encounter/enc-p1-0"},
+             "effectiveDateTime": "2026-06-01T09:30:00Z"},
+            _consent("p1", "objection")]
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(world=worlds(), org=st.sampled_from(ORGS), role=st.sampled_from(["R8000", "R8009"]))
+@example(world=_objecting_patient_seen_by_their_gp(), org="RR8", role="R8000")
 def test_every_endpoint_returns_a_subset_of_what_decide_permits(client, make_token, database_url, world, org,
                                                                 role) -> None:
     truncate_all(database_url)
@@ -123,11 +145,29 @@ def test_every_endpoint_returns_a_subset_of_what_decide_permits(client, make_tok
 
     seen: set[str] = set()
     for path in ["/fhir/Observation", "/fhir/Encounter", "/fhir/Patient?_revinclude=Observation:subject",
+                 "/fhir/Encounter?_revinclude=Observation:encounter&_include:iterate=Observation:subject",
                  *(f"/fhir/Observation?patient={p}&_include=Observation:subject" for p in PATIENTS),
-                 *(f"/fhir/Patient/{p}/$everything" for p in PATIENTS)]:
+                 *(f"/fhir/Patient/{p}/$everything" for p in PATIENTS),
+                 "/fhir/Observation?_count=1", "/fhir/Observation?encounter:Encounter.status=finished"]:
         response = client.get(path, headers=user)
         if response.status_code == 200:
             seen |= _returned(response.json())
+            if "encounter:Encounter" in path:  # a chain tests only targets the user may see
+                for observation in _returned(response.json()):
+                    source = next(d for d in world if f"Observation/{d['id']}" == observation)
+                    assert source["encounter"]["reference"] in allowed, (observation, source["encounter"])
         else:
             assert response.status_code in {403, 404}, (path, response.status_code)
     assert seen <= allowed, seen - allowed
+
+    # Counts count exactly what a search releases: never what the policy withholds.
+    for patient in [None, *PATIENTS]:
+        path = "/fhir/Observation?_summary=count" + (f"&patient={patient}" if patient else "")
+        response = client.get(path, headers=user)
+        if response.status_code != 200:
+            assert response.status_code in {403, 404}, (path, response.status_code)
+            continue
+        expected = {f"Observation/{d['id']}" for d in world if d["resourceType"] == "Observation"
+                    and (patient is None or d["subject"]["reference"] == f"Patient/{patient}")} & allowed
+        total = response.json().get("total")
+        assert total is None or total == len(expected), (path, total, expected)
