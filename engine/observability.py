@@ -22,8 +22,8 @@ log = logging.getLogger("sharedcare.request")
 REGISTRY = CollectorRegistry(auto_describe=True)
 REQUESTS = Counter("sharedcare_http_requests_total", "HTTP requests by route template and status",
                    ["method", "route", "status"], registry=REGISTRY)
-LATENCY = Histogram("sharedcare_http_request_duration_seconds", "HTTP request latency by route template",
-                    ["method", "route"], registry=REGISTRY,
+LATENCY = Histogram("sharedcare_http_request_duration_seconds", "HTTP request latency by route template and status",
+                    ["method", "route", "status"], registry=REGISTRY,
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 
@@ -99,7 +99,7 @@ class ObservabilityMiddleware:
             route = route_template(scope)
             method = scope["method"]
             _counter(method, route, status).inc()
-            _histogram(method, route).observe(elapsed)
+            _histogram(method, route, status).observe(elapsed)
             if log.isEnabledFor(logging.INFO):
                 log.info("request", extra={"fields": {
                     "method": method,
@@ -117,9 +117,9 @@ def _counter(method: str, route: str, status: int) -> Any:
     return REQUESTS.labels(method, route, str(status))
 
 
-@lru_cache(maxsize=1024)
-def _histogram(method: str, route: str) -> Any:
-    return LATENCY.labels(method, route)
+@lru_cache(maxsize=4096)
+def _histogram(method: str, route: str, status: int) -> Any:
+    return LATENCY.labels(method, route, str(status))
 
 
 def _request_id(scope: Scope) -> str:

@@ -358,6 +358,8 @@ def test_operational_endpoints(client) -> None:
     client.get("/fhir/Patient")
     metrics = client.get("/metrics").text
     assert 'route="/fhir/{type}"' in metrics
+    # Latency by route and status, as the counts are.
+    assert 'sharedcare_http_request_duration_seconds_count{method="GET",route="/fhir/{type}",status="200"}' in metrics
     smart = client.get("/fhir/.well-known/smart-configuration").json()
     assert "permission-v2" in smart["capabilities"]
     assert client.get("/openapi.json").json()["info"]["title"].startswith("sharedcare")
