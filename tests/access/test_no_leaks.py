@@ -89,7 +89,9 @@ def worlds(draw: st.DrawFn) -> list[dict[str, Any]]:
 def _permitted(documents: list[dict[str, Any]], org: str, role: str) -> set[str]:
     """What `consent.decide` lets a user of `org` with `role` read, by "Type/id"."""
     now = datetime.now(UTC)
-    orgs = frozenset({org, f"Organization/org-{org.lower()}"})
+    org_ids = [d["id"] for d in documents if d["resourceType"] == "Organization"
+               and any(i.get("value") == org for i in d.get("identifier", []))]
+    orgs = frozenset({org, *(f"Organization/{i}" for i in org_ids)})
     request = AccessRequest(Requester("u", role, orgs), "read")
     relationships = [r for d in documents for r in relationships_from(d)]
     consents = [c for c in (parse_consent(d) for d in documents if d["resourceType"] == "Consent") if c]
