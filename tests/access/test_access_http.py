@@ -213,6 +213,29 @@ def test_break_glass_opens_a_record_for_a_time_box(record, as_user) -> None:
     assert record.get("/fhir/Observation/obs-alice-psy", headers=glass).status_code == 404
 
 
+def test_a_break_glass_grant_ends_with_its_time_box(record, as_user, database_url) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import create_engine, select, update
+
+    from engine.config import sync_database_url
+    from engine.db.access_schema import break_glass_grants as grants
+
+    glass = as_user("RR8", user="ed-doctor", **{"X-Break-Glass-Reason": REASON})
+    assert record.get("/fhir/Observation/obs-bob-hr", headers=glass).status_code == 200
+    engine = create_engine(sync_database_url(database_url))
+    try:
+        with engine.begin() as conn:
+            started, expires = conn.execute(select(grants.c.started, grants.c.expires)).one()
+            assert timedelta(hours=3, minutes=59) < expires - started <= timedelta(hours=4)  # the policy's default
+            shift = timedelta(hours=4, seconds=1)  # four hours later
+            conn.execute(update(grants).values(started=started - shift, expires=expires - shift))
+    finally:
+        engine.dispose()
+    refused = record.get("/fhir/Observation/obs-bob-hr", headers=as_user("RR8", user="ed-doctor"))
+    assert refused.status_code == 403 and details(refused) == "no-relationship"
+
+
 @pytest.mark.parametrize("reason", ["", "test", "n/a", "x" * 3])
 def test_a_trivial_break_glass_reason_is_refused(record, as_user, reason: str) -> None:
     response = record.get("/fhir/Observation/obs-bob-hr", headers=as_user("RR8", **{"X-Break-Glass-Reason": reason}))
