@@ -256,6 +256,10 @@ def _install_subscriptions(app: FastAPI, handle: Handle, state_of: Callable[[Req
     @app.get("/fhir/Subscription", tags=["transfers"], summary="your organisation's Subscriptions")
     async def list_subscriptions(request: Request) -> Response:
         async def call(r: FhirRequest) -> FhirResponse:
+            unknown = [name for name, _ in r.query if name not in {"_format", "_pretty"}]
+            if unknown:  # the list has no search parameters: refuse a filter it would ignore
+                raise outcomes.bad_request(f"Unknown Subscription search parameter {unknown[0]!r}", (unknown[0],),
+                                           "bad-search-parameter")
             owner = None if _is_admin(r.principal, config) else (r.principal.org or "")
             async with state_of(request).db.read() as conn:
                 found = await store.list_subscriptions(conn, owner=owner)

@@ -1,17 +1,20 @@
 """Searching the audit log: parameters → filter → SQL, newest first, keyset paging on `seq`.
 
-Parameters follow the AuditEvent search parameters (https://hl7.org/fhir/R4/auditevent.html#search)
-where R4 has one: `patient`, `agent` (user id), `entity`, `date`, `action`, `outcome`, `purpose`,
-`subtype`, `agent-role`; plus `organization` (the user's ODS code) and `_count`/`_cursor`. Several
-values in one parameter (comma-separated) are alternatives; different parameters, and repeated
-`date`s, must all hold. A token may be written `system|code`; the code decides.
+`AUDIT_EVENT_PARAMS` lists the parameters, one source for the parser and the CapabilityStatement
+(engine/fhir/capability.py). They follow the AuditEvent search parameters
+(https://hl7.org/fhir/R4/auditevent.html#search) where R4 has one, with `agent` matching the user id,
+plus `organization` (the user's ODS code) and `purpose`; the result parameters are `_count` and
+`_format`, and `_cursor` pages. Several values in one parameter (comma-separated) are alternatives;
+different parameters, and repeated `date`s, must all hold. A token may be written `system|code`; the
+code decides.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 
 import orjson
 from sqlalchemy import ColumnElement, Select, and_, func, select
@@ -23,11 +26,36 @@ from engine.db.database import Database
 from engine.search.normalise import parse_fhir_date_range
 
 DATE_PREFIXES = ("ge", "le", "gt", "lt", "eq")
-_LIST_PARAMS = {
-    "patient": "patients", "agent": "users", "entity": "entities", "organization": "orgs",
-    "agent-role": "roles", "action": "actions", "outcome": "outcomes", "purpose": "purposes", "subtype": "subtypes",
-}
-SEARCH_PARAMS = frozenset({*_LIST_PARAMS, "date", "_count", "_cursor", "_format", "_pretty"})
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSearchParam:
+    """One AuditEvent search parameter: its FHIR search type (https://hl7.org/fhir/R4/search.html#ptypes),
+    the `AuditFilter` list its values go to (None for `date`) and what a value matches."""
+
+    type: str
+    field: str | None
+    documentation: str
+
+
+AUDIT_EVENT_PARAMS: Mapping[str, AuditSearchParam] = MappingProxyType({
+    "patient": AuditSearchParam("reference", "patients", "The patient whose record was touched: Patient/[id] or [id]"),
+    "agent": AuditSearchParam("token", "users", "The user's id (AuditEvent.agent.who.identifier)"),
+    "entity": AuditSearchParam("reference", "entities",
+                               "A resource touched: [type]/[id] or its URL (any version of it)"),
+    "organization": AuditSearchParam("token", "orgs", "The user's organisation (ODS code)"),
+    "agent-role": AuditSearchParam("token", "roles", "The user's NHS RBAC job role code"),
+    "action": AuditSearchParam("token", "actions", "AuditEvent.action: " + ", ".join(sorted(ACTIONS))),
+    "outcome": AuditSearchParam("token", "outcomes", "AuditEvent.outcome: " + ", ".join(sorted(OUTCOMES, key=int))),
+    "purpose": AuditSearchParam("token", "purposes", "The purpose of use (v3-ActReason code, e.g. TREAT or BTG)"),
+    "subtype": AuditSearchParam("token", "subtypes", "The interaction: " + ", ".join(sorted(SUBTYPES))),
+    "date": AuditSearchParam("date", None, "When it was recorded (prefixes " + ", ".join(DATE_PREFIXES)
+                             + "); repeat for a range"),
+})
+RESULT_PARAMS = ("_count", "_format")
+"""What shapes the result; `_cursor` (the paging position of `next` links) and `_pretty` are accepted too."""
+_LIST_PARAMS = {code: param.field for code, param in AUDIT_EVENT_PARAMS.items() if param.field}
+SEARCH_PARAMS = frozenset({*AUDIT_EVENT_PARAMS, *RESULT_PARAMS, "_cursor", "_pretty"})
 
 
 class FilterError(ValueError):
