@@ -55,6 +55,7 @@ from sqlalchemy import (
     union,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import Grouping
 
 from engine.db.schema import INDEX_TABLES, idx_reference, resources
 from engine.search.paging import (
@@ -213,7 +214,7 @@ def _condition(r: FromClause, resource_type: str, c: Condition) -> ColumnElement
     if c.kind == "id":
         return r.c.res_id.in_([_b(m.value) for m in c.matches])  # type: ignore[union-attr]
     if c.kind == "lastUpdated":
-        return or_(*(_date(m, r.c.last_updated, r.c.last_updated, nullable=False) for m in c.matches))  # type: ignore[arg-type]
+        return _any_of([_date(m, r.c.last_updated, r.c.last_updated, nullable=False) for m in c.matches])  # type: ignore[arg-type]
     table = INDEX_TABLES[c.kind]
     scope = and_(table.c.res_type == resource_type, table.c.param == c.param)
     if c.missing is not None:
@@ -221,7 +222,7 @@ def _condition(r: FromClause, resource_type: str, c: Condition) -> ColumnElement
         return not_(present) if c.missing else present
     if c.chain is not None:
         return _chain(r, table, scope, c)
-    match = or_(*(_match(table, m) for m in c.matches))
+    match = _any_of([_match(table, m) for m in c.matches])
     if c.negate:
         return not_(exists().where(table.c.res_pk == r.c.pk, scope, match).correlate(r))
     return r.c.pk.in_(select(table.c.res_pk).where(scope, match).correlate(None))
@@ -259,6 +260,25 @@ def _chain(r: FromClause, ref: FromClause, scope: ColumnElement[bool], c: Condit
         scope, ref.c.target_type == c.chain.target_type, ref.c.target_id.in_(targets)
     )
     return r.c.pk.in_(pointing.correlate(None))
+
+
+# Up to this many alternatives are ORed flat; longer lists are split in parenthesised halves.
+_FLAT_OR = 16
+
+
+def _any_of(terms: Sequence[ColumnElement[bool]]) -> ColumnElement[bool]:
+    """`terms` ORed as a balanced tree of parenthesised halves.
+
+    SQLite parses a flat `a OR b OR …` into a chain as deep as the list is long and refuses expressions
+    deeper than 1000 (SQLITE_MAX_EXPR_DEPTH; the subqueries around the list deepen it further), so a few
+    hundred values failed. Both databases flatten the tree again when they plan. (`or_` would flatten
+    nested `or_`s, parentheses and all, hence the plain OR operator between the groups.)
+    """
+    if len(terms) <= _FLAT_OR:
+        return or_(*terms)
+    middle = len(terms) // 2
+    left, right = Grouping(_any_of(terms[:middle])), Grouping(_any_of(terms[middle:]))
+    return left.bool_op("OR")(right)
 
 
 def _match(t: FromClause, m: Match) -> ColumnElement[bool]:

@@ -444,3 +444,23 @@ def test_a_nul_character_in_a_posted_resource_is_400_naming_the_field(client) ->
     assert updated.status_code == 400, updated.text
     assert updated.json()["issue"][0]["expression"] == ["Patient.name[0].given[1]"]
     assert client.get("/fhir/Patient").json()["total"] == 0
+
+
+@pytest.mark.parametrize(("path", "name", "value", "found"), [
+    ("Patient", "family", "a{i}", "smi"),
+    ("Patient", "identifier", "http://example.org/mrn|{i}", f"{NHS}|9912003888"),
+    ("Patient", "general-practitioner", "http://example.org/fhir/Practitioner/p{i}", "Organization/rr8"),
+    ("Observation", "code", "http://loinc.org|{i}-0", "http://loinc.org|8867-4"),
+    ("Observation", "subject:Patient.birthdate", "ge20{i:02}-01-01", "le1950-03-04"),
+    ("Observation", "_lastUpdated", "lt19{i:02}-01-01", "ge2000-01-01"),
+])
+def test_a_search_with_as_many_values_as_allowed_is_answered(client, path, name, value, found) -> None:
+    from engine.search.params import MAX_VALUES
+
+    gp = {"generalPractitioner": [{"reference": "Organization/rr8"}]}
+    pid = post(client, "Patient", patient(**gp)).json()["id"]
+    post(client, "Observation", observation(pid))
+    values = ",".join([*(value.format(i=i % 100) for i in range(MAX_VALUES - 1)), found])
+    response = client.get(f"/fhir/{path}?{name}={values}")
+    assert response.status_code == 200, response.text[:500]
+    assert response.json()["total"] == 1
