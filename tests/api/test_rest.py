@@ -464,3 +464,18 @@ def test_a_search_with_as_many_values_as_allowed_is_answered(client, path, name,
     response = client.get(f"/fhir/{path}?{name}={values}")
     assert response.status_code == 200, response.text[:500]
     assert response.json()["total"] == 1
+
+
+def test_a_search_with_too_many_values_in_all_is_400(client) -> None:
+    from engine.search.params import MAX_TOTAL_VALUES, MAX_VALUES
+
+    post(client, "Patient", patient())
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    per = MAX_TOTAL_VALUES // MAX_VALUES
+    at_limit = "&".join(f"identifier={NHS}|9912003888," + ",".join(f"s|{k}-{i}" for i in range(MAX_VALUES - 1))
+                        for k in range(per))
+    answered = client.post("/fhir/Patient/_search", content=at_limit.encode(), headers=form)
+    assert answered.status_code == 200 and answered.json()["total"] == 1
+    over = at_limit + "&family=smith"
+    refused = client.post("/fhir/Patient/_search", content=over.encode(), headers=form)
+    assert refused.status_code == 400 and refused.json()["issue"][0]["expression"] == ["family"]

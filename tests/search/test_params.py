@@ -64,6 +64,17 @@ def test_a_search_asks_for_a_bounded_amount_of_work() -> None:
     assert error("Observation", includes).param == "_include"
 
 
+def test_the_values_of_all_parameters_together_are_bounded() -> None:
+    from engine.search.params import MAX_TOTAL_VALUES, MAX_VALUES
+
+    assert MAX_VALUES < MAX_TOTAL_VALUES <= 2 * MAX_VALUES
+    half = ",".join(f"a{i}" for i in range(MAX_TOTAL_VALUES // 2))
+    items = [("family", half), ("given", half + ",b" * (MAX_TOTAL_VALUES % 2))]
+    assert sum(len(c.matches) for c in parse_search("Patient", items).criteria) == MAX_TOTAL_VALUES
+    too_many = error("Patient", [*items, ("_id", "x")])
+    assert too_many.param == "_id" and str(MAX_TOTAL_VALUES) in too_many.message
+
+
 def test_comma_is_or_and_repetition_is_and() -> None:
     req = parse_search("Observation", [("code", "a,b"), ("code", "c")])
     assert [len(c.matches) for c in req.criteria] == [2, 1]
