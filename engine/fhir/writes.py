@@ -20,7 +20,7 @@ from engine.auth import Principal
 from engine.db import repository
 from engine.db.repository import Stored, VersionConflict
 from engine.outcomes import FhirError, OutcomeIssue
-from engine.search.params import SearchError, parse_search
+from engine.search.params import RESULT_PARAMS, SearchError, parse_search
 from engine.search.registry import SUPPORTED_TYPES
 from engine.transfers.tasks import TRANSFER_IDENTIFIER
 from engine.validation import validate_resource
@@ -69,13 +69,23 @@ def validated(body: Any, res_type: str, *, expression_prefix: str = "") -> dict[
 
 
 def parse_criteria(res_type: str, criteria: str, header: str) -> list[tuple[str, str]]:
-    items = parse_qsl(criteria.lstrip("?"), keep_blank_values=True)
-    if not items:
-        raise outcomes.bad_request(f"{header} carries no search criteria", (header,), "bad-criteria")
+    """The name/value pairs of conditional `criteria` (https://hl7.org/fhir/R4/http.html#ccreate), or 400
+    naming `header`. They must select: a query that is not `name=value&…`, whose values are all empty, or
+    that shapes results (`_count`, `_sort`, `_cursor`, …) would match any resource, or fail later."""
+    query = criteria.lstrip("?")
+    if any("=" not in part for part in query.split("&") if part):
+        raise outcomes.bad_request(f"{header} is not a search query (name=value&…)", (header,), "bad-criteria")
+    items = [(name, value) for name, value in parse_qsl(query, keep_blank_values=True)
+             if name not in ("_format", "_pretty")]
+    shaping = [name for name, _ in items if name.partition(":")[0] in RESULT_PARAMS]
+    if shaping:
+        raise outcomes.bad_request(f"{header}: {shaping[0]} does not select resources", (header,), "bad-criteria")
     try:
-        parse_search(res_type, items)
+        request = parse_search(res_type, items)
     except SearchError as exc:
         raise outcomes.bad_request(f"{header}: {exc.message}", (header,), "bad-criteria") from None
+    if not request.criteria:
+        raise outcomes.bad_request(f"{header} carries no search criteria", (header,), "bad-criteria")
     return sorted(items)
 
 

@@ -479,3 +479,22 @@ def test_a_search_with_too_many_values_in_all_is_400(client) -> None:
     over = at_limit + "&family=smith"
     refused = client.post("/fhir/Patient/_search", content=over.encode(), headers=form)
     assert refused.status_code == 400 and refused.json()["issue"][0]["expression"] == ["family"]
+
+
+@pytest.mark.parametrize("criteria", ["garbage", "family", "family=", "identifier=x&garbage", "_count=1",
+                                      "_cursor=garbage", "family=smith&_count=5", "_sort=family"])
+def test_if_none_exist_that_is_not_a_search_is_400(client, criteria) -> None:
+    existing = post(client, "Patient", patient())
+    assert existing.status_code == 201
+    response = post(client, "Patient", patient(family="Other", nhs="9449305552"), **{"If-None-Exist": criteria})
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["expression"] == ["If-None-Exist"]
+    assert client.get("/fhir/Patient").json()["total"] == 1
+
+
+def test_conditional_update_and_delete_without_criteria_are_400(client) -> None:
+    post(client, "Patient", patient())
+    assert client.delete("/fhir/Patient?family=").status_code == 400
+    assert client.delete("/fhir/Patient?_count=1").status_code == 400
+    assert client.put("/fhir/Patient?_sort=family", json=patient(), headers={"Content-Type": FHIR}).status_code == 400
+    assert client.get("/fhir/Patient").json()["total"] == 1
