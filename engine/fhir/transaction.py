@@ -271,7 +271,8 @@ async def _apply(conn: AsyncConnection, service: FhirService, req: FhirRequest, 
             return
         result = await writes.create(conn, gate, who, op.resource, now=now, res_id=op.res_id)
     else:
-        resource = {**op.resource, "id": op.res_id}
+        # An id the resource states must be the one the entry targets, as over REST (writes.update checks it).
+        resource = op.resource if op.resource.get("id") is not None else {**op.resource, "id": op.res_id}
         result = await writes.update(conn, gate, who, resource, op.res_id, now=now, if_match=op.if_match)
     op.result = _entry_result(req, result.stored, "201 Created" if result.created else "200 OK")
 

@@ -498,3 +498,20 @@ def test_conditional_update_and_delete_without_criteria_are_400(client) -> None:
     assert client.delete("/fhir/Patient?_count=1").status_code == 400
     assert client.put("/fhir/Patient?_sort=family", json=patient(), headers={"Content-Type": FHIR}).status_code == 400
     assert client.get("/fhir/Patient").json()["total"] == 1
+
+
+def test_a_bundle_entry_whose_resource_id_is_not_the_url_id_is_400(client) -> None:
+    def bundle(kind: str) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": kind, "entry": [
+            {"resource": patient(family="Kept"), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {**patient(nhs="9449305552"), "id": "a"}, "request": {"method": "PUT", "url": "Patient/b"}},
+        ]}
+
+    transaction = post(client, "", bundle("transaction"))
+    assert transaction.status_code == 400, transaction.text
+    assert transaction.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.id"]
+    assert client.get("/fhir/Patient").json()["total"] == 0
+    batch = post(client, "", bundle("batch")).json()
+    assert [e["response"]["status"] for e in batch["entry"]] == ["201 Created", "400 Bad Request"]
+    assert batch["entry"][1]["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[1].resource.id"]
+    assert client.get("/fhir/Patient/a").status_code == 404 and client.get("/fhir/Patient/b").status_code == 404
