@@ -3,9 +3,11 @@
 With many senders, much of what a message costs is per transaction rather than per row: the lock,
 read and write round trips, each statement's start-up in PostgreSQL, the commit and its WAL flush.
 The MLLP listener's messages therefore go through one `GroupCommit` per process (PostgreSQL only):
-`submit` queues a mapped message and waits; one runner takes everything queued (up to `max_batch`)
-and applies it in one transaction, while what arrives meanwhile queues for the next batch. Nothing
-waits on a timer: a batch is whatever arrived while the previous one was being written.
+`submit` queues a mapped message and waits; a runner takes everything queued (up to `max_batch`) and
+applies it in one transaction, while what arrives meanwhile queues for the next batch. Nothing waits on
+a timer: a batch is whatever arrived while the previous one was being written. Up to `concurrency`
+runners work at once (SHAREDCARE_INGEST_BATCHES_IN_FLIGHT), so that one batch is planned while another
+is in PostgreSQL; messages about one person in two batches are kept in order by the advisory locks.
 
 In the transaction (docs/hl7v2-ingest.md, "Group commit"):
 
