@@ -7,7 +7,8 @@ The MLLP listener's messages therefore go through one `GroupCommit` per process 
 applies it in one transaction, while what arrives meanwhile queues for the next batch. Nothing waits on
 a timer: a batch is whatever arrived while the previous one was being written. Up to `concurrency`
 runners work at once (SHAREDCARE_INGEST_BATCHES_IN_FLIGHT), so that one batch is planned while another
-is in PostgreSQL; messages about one person in two batches are kept in order by the advisory locks.
+is in PostgreSQL; messages about one person in two batches are applied one at a time by the advisory
+locks, and each connection submits its next message only once the previous one is answered.
 
 In the transaction (docs/hl7v2-ingest.md, "Group commit"):
 
