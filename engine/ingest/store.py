@@ -145,32 +145,30 @@ async def _insert_reserved(conn: AsyncConnection, message_id: int, record: Messa
         raise DuplicateMessage(message_id)
 
 
-# The per-person advisory locks (identity.lock_patients' statement, in key order) and a message id
-# reserved from the table's sequence, in one round trip. PostgreSQL keeps the volatile lock calls of
-# the subquery although count(*) does not read them, and calls them after its ORDER BY.
+# The per-person advisory locks (identity.lock_patients' statement, in key order) and the ids of the
+# messages about to be written, reserved from the table's sequence, in one round trip. PostgreSQL keeps
+# the volatile lock calls of the subquery although count(*) does not read them, and calls them after its
+# ORDER BY. The transaction's later statements (the read and the write, prepared) take generic plans:
+# their plans do not depend on their array and JSON parameters, and PostgreSQL had otherwise re-planned
+# them on most executions.
 _LOCK_AND_RESERVE = text(
-    "SELECT nextval(pg_get_serial_sequence('hl7_messages', 'id')),"
-    " set_config('plan_cache_mode', 'force_generic_plan', true), (SELECT count(*) FROM"
-    " (SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS l)"
+    "SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('hl7_messages', 'id'))"
+    " FROM generate_series(1, CAST(:n AS int))), set_config('plan_cache_mode', 'force_generic_plan', true),"
+    " (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"
+    " ORDER BY k) AS l)"
 )
 
 
 async def lock_and_reserve(conn: AsyncConnection, lock_keys: Sequence[int]) -> int:
     """PostgreSQL: take the advisory locks `lock_keys` for this transaction and reserve a message id."""
-    row = await fetch_one_on_driver(conn, _LOCK_AND_RESERVE, {"keys": sorted(set(lock_keys))})
-    return int(row[0])
-
-
-_LOCK_AND_RESERVE_MANY = text(
-    "SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('hl7_messages', 'id')) FROM generate_series(1, CAST(:n AS int))),"
-    " set_config('plan_cache_mode', 'force_generic_plan', true), (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS l)"
-)
+    [message_id] = await lock_and_reserve_many(conn, lock_keys, 1)
+    return message_id
 
 
 async def lock_and_reserve_many(conn: AsyncConnection, lock_keys: Iterable[int], count: int) -> list[int]:
     """`lock_and_reserve` for a batch of messages: every lock in key order, and `count` message ids."""
-    row = await fetch_one_on_driver(conn, _LOCK_AND_RESERVE_MANY, {"keys": sorted(set(lock_keys)), "n": count})
-    return [int(i) for i in row[0]]  # row[1]: the plan cache mode set
+    row = await fetch_one_on_driver(conn, _LOCK_AND_RESERVE, {"keys": sorted(set(lock_keys)), "n": count})
+    return [int(i) for i in row[0]]
 
 
 class DuplicateMessage(Exception):
@@ -456,7 +454,7 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[_Version], sou
     else:
         params["messages"] = _json([{**_row(record), "attempts": 1, "id": message_id}
                                     for message_id, record in messages])
-        updated, created, stored = (await fetch_one_on_driver(conn, _PG_WRITE_WITH_MESSAGES, params))[:3]
+        updated, created, stored = await fetch_one_on_driver(conn, _PG_WRITE_WITH_MESSAGES, params)
         missing = {message_id for message_id, _ in messages} - set(stored or ())
         if missing:
             raise DuplicateMessage(*sorted(missing))

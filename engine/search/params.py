@@ -562,9 +562,10 @@ def parse_search(
             else:
                 if len(criteria) >= MAX_CRITERIA:
                     raise SearchError(name, f"a search may combine at most {MAX_CRITERIA} search parameters")
-                if len(_values(raw)) > MAX_VALUES:
+                values = len(_values(raw))
+                if values > MAX_VALUES:
                     raise SearchError(name, f"a search parameter may have at most {MAX_VALUES} values")
-                total_values += len(_values(raw))
+                total_values += values
                 if total_values > MAX_TOTAL_VALUES:
                     raise SearchError(name, f"a search may have at most {MAX_TOTAL_VALUES} values in all")
                 criteria.append(_condition(resource_type, name, raw))

@@ -243,19 +243,14 @@ def _chain(r: FromClause, ref: FromClause, scope: ColumnElement[bool], c: Condit
     with `chain.targets`, that the user may see: the rules are written over `resources`, which the
     uncorrelated subquery then names afresh)."""
     assert c.chain is not None
-    if isinstance(c.chain.targets, Visibility):
-        targets = (
-            select(resources.c.res_id)
-            .where(_where(resources, c.chain.target_type, [c.chain.condition]), c.chain.targets.clause)
-            .correlate(None)
-        )
-    else:
-        target = resources.alias()
-        targets = (
-            select(target.c.res_id)
-            .where(_where(target, c.chain.target_type, [c.chain.condition]))
-            .correlate(None)
-        )
+    visibility = c.chain.targets if isinstance(c.chain.targets, Visibility) else None
+    target = resources if visibility is not None else resources.alias()
+    targets = (
+        select(target.c.res_id)
+        .where(_where(target, c.chain.target_type, [c.chain.condition]),
+               *([visibility.clause] if visibility is not None else []))
+        .correlate(None)
+    )
     pointing = select(ref.c.res_pk).where(
         scope, ref.c.target_type == c.chain.target_type, ref.c.target_id.in_(targets)
     )
@@ -416,6 +411,11 @@ class PagePlan:
     restriction: ColumnElement[bool] | None
 
 
+def counts_only(req: SearchRequest) -> bool:
+    """`_summary=count` or `_count=0`: the total alone, no rows."""
+    return req.summary == "count" or req.count == 0
+
+
 def plan_page(req: SearchRequest, *, restriction: ColumnElement[bool] | None = None,
               restriction_values: dict[str, Any] | None = None) -> PagePlan:
     cursor = decode_cursor(req.cursor, req) if req.cursor else None
@@ -423,7 +423,7 @@ def plan_page(req: SearchRequest, *, restriction: ColumnElement[bool] | None = N
     skeleton = _skeleton(req.criteria, values)
     if cursor is not None:
         values["snapshot"] = cursor.snapshot
-    if req.summary == "count" or req.count == 0:
+    if counts_only(req):
         return PagePlan(req, None, values, skeleton, cursor, restriction)
     shape = None
     if cursor is not None:
@@ -583,11 +583,6 @@ def _set_cursors(
         page.prev_cursor = at(raw[0], "prev") if raw else around(cursor, "prev")  # type: ignore[arg-type]
 
 
-def counts_only(req: SearchRequest) -> bool:
-    """`_summary=count` or `_count=0`: the total alone, no rows."""
-    return req.summary == "count" or req.count == 0
-
-
 # -- _include / _revinclude ------------------------------------------------------------------------
 
 Release = Callable[[list[ResourceRow]], Awaitable[list[ResourceRow]]]
@@ -606,19 +601,21 @@ async def included_resources(conn: AsyncConnection, req: SearchRequest, rows: li
     those alone, so nothing is found through a resource the user may not see; the flag says whether
     anything was left out.
     """
-    seen = {row.pk for row in rows}
-    found = await _include_level(conn, req.includes, req.revincludes, rows, seen)
     left_out = False
-    if release is not None and found:
-        kept = await release(found)
-        left_out, found = len(kept) < len(found), kept
+
+    async def released(level: list[ResourceRow]) -> list[ResourceRow]:
+        nonlocal left_out
+        if release is None or not level:
+            return level
+        kept = await release(level)
+        left_out = left_out or len(kept) < len(level)
+        return kept
+
+    seen = {row.pk for row in rows}
+    found = await released(await _include_level(conn, req.includes, req.revincludes, rows, seen))
     iterate = [i for i in req.includes if i.iterate], [i for i in req.revincludes if i.iterate]
     if found and (iterate[0] or iterate[1]):
-        more = await _include_level(conn, iterate[0], iterate[1], found, seen)
-        if release is not None and more:
-            kept = await release(more)
-            left_out, more = left_out or len(kept) < len(more), kept
-        found += more
+        found += await released(await _include_level(conn, iterate[0], iterate[1], found, seen))
     return sorted(found, key=lambda row: row.pk), left_out
 
 
