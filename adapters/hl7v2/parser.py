@@ -156,25 +156,26 @@ class Field:
 
     @property
     def components(self) -> tuple[tuple[str, ...], ...]:
-        """Every component as a tuple of its decoded subcomponents."""
-        if self._components is None:
-            enc = self._enc
-            self._components = tuple(
-                tuple(enc.unescape(s) for s in c.split(enc.subcomponent))
-                for c in self.raw.split(enc.component)
-            )
-        return self._components
+        """Every component as a tuple of its decoded subcomponents (split and decoded once)."""
+        comps = self._components
+        if comps is None:
+            comps = self._components = _split_components(self.raw, self._enc)
+        return comps
 
     def subcomponent(self, i: int, j: int) -> str:
         """Component `i`, subcomponent `j` (1-based), decoded; "" if absent."""
         comps = self.components
-        if i < 1 or j < 1 or i > len(comps) or j > len(comps[i - 1]):
-            return ""
-        return comps[i - 1][j - 1]
+        if 0 < i <= len(comps):
+            subs = comps[i - 1]
+            if 0 < j <= len(subs):
+                return subs[j - 1]
+        return ""
 
     def component(self, i: int) -> str:
         """Component `i` (1-based): its first subcomponent, decoded; "" if absent."""
-        return self.subcomponent(i, 1)
+        comps = self.components
+        # Splitting always yields at least one subcomponent, so [0] exists.
+        return comps[i - 1][0] if 0 < i <= len(comps) else ""
 
     @property
     def text(self) -> str:
@@ -199,6 +200,17 @@ class Field:
 
     def __hash__(self) -> int:
         return hash(self.raw)
+
+
+def _split_components(raw: str, enc: Encoding) -> tuple[tuple[str, ...], ...]:
+    """`raw` split into components of subcomponents, escape sequences decoded. Most fields have no
+    subcomponent or escape character, and skip that work."""
+    components = raw.split(enc.component)
+    if enc.subcomponent not in raw:
+        if not enc.escape or enc.escape not in raw:
+            return tuple((c,) for c in components)
+        return tuple((enc.unescape(c),) for c in components)
+    return tuple(tuple(enc.unescape(s) for s in c.split(enc.subcomponent)) for c in components)
 
 
 _EMPTY_FIELD = Field("")
@@ -242,10 +254,7 @@ class Segment:
 
     def repetitions(self, field: int) -> list[Field]:
         """Every repetition of field `field`; [] if the field is empty."""
-        found = self._repetitions.get(field)
-        if found is None:
-            found = self._repetitions[field] = self._split(field)
-        return list(found)
+        return list(self._cached_repetitions(field))
 
     def _split(self, field: int) -> tuple[Field, ...]:
         raw = self.raw_field(field)
@@ -256,9 +265,15 @@ class Segment:
             return (Field(raw, _LITERAL),)
         return tuple(Field(r, enc) for r in raw.split(enc.repetition))
 
+    def _cached_repetitions(self, field: int) -> tuple[Field, ...]:
+        found = self._repetitions.get(field)
+        if found is None:
+            found = self._repetitions[field] = self._split(field)
+        return found
+
     def field(self, n: int) -> Field:
         """The first repetition of field `n` (an empty Field if absent)."""
-        reps = self.repetitions(n)
+        reps = self._cached_repetitions(n)
         return reps[0] if reps else _EMPTY_FIELD
 
     def value(self, field: int, component: int = 1, subcomponent: int = 1,
