@@ -92,6 +92,8 @@ def prune(value: Any) -> Any:
 
     >>> prune({"a": "", "b": [None, {}, "x"], "c": {"d": []}, "e": 0, "f": False})
     {'b': ['x'], 'e': 0, 'f': False}
+
+    Always a new dict or list, even when nothing is dropped: no two resources share a part.
     """
     if isinstance(value, dict):
         return _pruned_dict(value)
@@ -100,23 +102,40 @@ def prune(value: Any) -> Any:
     return value
 
 
-_DROPPED = object()
-
-
-def _pruned_item(item: Any) -> Any:
-    """`item` pruned, or _DROPPED when nothing of it is left (None, "", an empty dict or list)."""
-    if isinstance(item, (dict, list)):
-        item = prune(item)
-        return item if item else _DROPPED
-    return _DROPPED if item is None or item == "" else item
-
-
+# Every map prunes what it builds, so this runs over every element of every resource: one loop per
+# container and no function call per leaf keep it cheap.
 def _pruned_dict(value: dict[str, Any]) -> dict[str, Any]:
-    return {key: kept for key, item in value.items() if (kept := _pruned_item(item)) is not _DROPPED}
+    out = {}
+    for key, item in value.items():
+        if isinstance(item, dict):
+            item = _pruned_dict(item)
+            if not item:
+                continue
+        elif isinstance(item, list):
+            item = _pruned_list(item)
+            if not item:
+                continue
+        elif item is None or item == "":
+            continue
+        out[key] = item
+    return out
 
 
 def _pruned_list(value: list[Any]) -> list[Any]:
-    return [kept for item in value if (kept := _pruned_item(item)) is not _DROPPED]
+    out = []
+    for item in value:
+        if isinstance(item, dict):
+            item = _pruned_dict(item)
+            if not item:
+                continue
+        elif isinstance(item, list):
+            item = _pruned_list(item)
+            if not item:
+                continue
+        elif item is None or item == "":
+            continue
+        out.append(item)
+    return out
 
 
 def _or_none(value: JSON) -> JSON | None:
