@@ -26,6 +26,10 @@ MAX_STRING = 256
 MAX_URL = 512
 """Width of idx_reference.url and idx_uri.value."""
 
+# The same texts recur across the resources of one message and of one patient (names, timestamps, the
+# patient and encounter references): the pure functions below remember their recent answers.
+_CACHE_SIZE = 4096
+
 # FHIR R4 date / dateTime / instant, leniently: a time may stop at minutes, a timezone may be absent.
 # https://hl7.org/fhir/R4/datatypes.html#dateTime
 _DATE_RE = re.compile(
@@ -49,6 +53,7 @@ class ReferenceTarget(NamedTuple):
     url: str | None
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
 def normalise_string(value: str) -> str:
     """Fold a string for FHIR's default string matching (case- and accent-insensitive).
 
@@ -81,9 +86,18 @@ def parse_fhir_date_range(value: str) -> tuple[datetime, datetime]:
 
     Raises ValueError when the text is not a FHIR date, dateTime or instant.
     """
-    match = _DATE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
-    if match is None:
+    found = _date_range(value) if isinstance(value, str) else None
+    if found is None:
         raise ValueError(f"not a FHIR date/dateTime/instant: {value!r}")
+    return found
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _date_range(value: str) -> tuple[datetime, datetime] | None:
+    """parse_fhir_date_range of a string, None when it is not a date (out-of-range parts still raise)."""
+    match = _DATE_RE.fullmatch(value.strip())
+    if match is None:
+        return None
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     y = int(year)
     if month is None:
@@ -137,6 +151,7 @@ def _shift(moment: datetime, offset: timedelta) -> datetime:
         return datetime.min if offset > timedelta(0) else datetime.max
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
 def parse_reference(reference: str) -> ReferenceTarget | None:
     """Split a literal reference into target type, id and (for absolute ones) the URL.
 
