@@ -9,7 +9,7 @@ itself storing a discharge document while it ingests an A03 — storing, not dis
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -89,6 +89,19 @@ class GateReader:
         return orjson.loads(page.rows[0].content) if page.rows else None
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A version the reader's transaction is about to write, which reads see as if it were stored."""
+
+    document: JSON  # as it will be stored (meta stamped)
+    pk: int | None  # its row's pk when it updates a stored resource, else None (new)
+    patient_id: str | None  # the compartment it will belong to
+
+
+class PendingWrite(Exception):
+    """A resource the transaction writes already would be written again: apply the writers one at a time."""
+
+
 class StoreReader:
     """Reads the store directly inside an open transaction (the engine's own writers).
 
@@ -97,14 +110,22 @@ class StoreReader:
     compartment in one query for later `compartment` calls, and a resource read once is not read
     again — so the discharge hook and the document it issues share their reads. The reads are
     engine.ingest.apply's (on PostgreSQL, prepared statements on the driver connection).
+
+    `known` are rows read already in the transaction; `pending` are versions it will write before it
+    commits (group commit raises a batch's transfers before its one write): reads see them in place of
+    what is stored, exactly as they would after the write.
     """
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, *, known: Mapping[tuple[str, str], Current] | None = None,
+                 pending: Iterable[Pending] = ()) -> None:
         self.conn = conn
-        self._rows: dict[tuple[str, str], Current | None] = {}
+        self._rows: dict[tuple[str, str], Current | None] = dict(known or {})
+        self._pending = {(p.document["resourceType"], p.document["id"]): p for p in pending}
         self._compartments: dict[str, tuple[frozenset[str], list[JSON]]] = {}
 
     async def read(self, res_type: str, res_id: str) -> JSON:
+        if (pending := self._pending.get((res_type, res_id))) is not None:
+            return pending.document
         await self.prefetch([(res_type, res_id)])
         stored = self._rows[(res_type, res_id)]
         if stored is None:
@@ -115,6 +136,8 @@ class StoreReader:
 
     async def get(self, res_type: str, res_id: str) -> JSON | None:
         """The current resource, or None (never stored, or deleted)."""
+        if (pending := self._pending.get((res_type, res_id))) is not None:
+            return pending.document
         await self.prefetch([(res_type, res_id)])
         stored = self._rows[(res_type, res_id)]
         return stored.content if stored is not None and not stored.deleted else None
@@ -122,22 +145,50 @@ class StoreReader:
     async def read_many(self, res_type: str, ids: Sequence[str]) -> list[JSON]:
         keys = [(res_type, res_id) for res_id in dict.fromkeys(ids)]
         await self.prefetch(keys)
-        found = [self._rows.get(key) for key in keys]
-        return [s.content for s in found if s is not None and s.content is not None and not s.deleted]
+        found = [self._pending[key].document if key in self._pending else self._content(key) for key in keys]
+        return [document for document in found if document is not None]
+
+    def _content(self, key: tuple[str, str]) -> JSON | None:
+        stored = self._rows.get(key)
+        return stored.content if stored is not None and not stored.deleted else None
 
     async def prefetch(self, keys: Iterable[tuple[str, str]]) -> None:
-        """Read the (type, id) pairs not read yet, in one query."""
-        missing = {key for key in keys if key not in self._rows}
+        """Read the (type, id) pairs not read yet (nor pending), in one query."""
+        missing = {key for key in keys if key not in self._rows and key not in self._pending}
         if missing:
             found = await read_current(self.conn, missing)
             self._rows.update((key, found.get(key)) for key in missing)
 
+    async def stored(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Current]:
+        """The stored rows of those `keys` that are stored, to update them (engine.ingest.apply.Change).
+
+        Raises `PendingWrite` for a key the transaction writes already: a second writer of the same
+        resource must wait for the first one's commit.
+        """
+        wanted = list(dict.fromkeys(keys))
+        clash = [key for key in wanted if key in self._pending]
+        if clash:
+            raise PendingWrite(clash)
+        await self.prefetch(wanted)
+        return {key: row for key in wanted if (row := self._rows.get(key)) is not None}
+
     async def prefetch_compartment(self, patient_id: str, types: Iterable[str]) -> None:
-        """Read the patient's live resources of `types` (by pk) in one query, for `compartment`."""
+        """Read the patient's live resources of `types` (by pk) in one query, for `compartment`; the
+        pending versions take their stored ones' places, and new ones follow in the order given."""
         wanted = frozenset(types)
         if wanted:
             rows = await read_patient_resources(self.conn, patient_id, wanted)
-            self._compartments[patient_id] = (wanted, [row.content for row in rows if row.content is not None])
+            by_pk = {row.pk: row.content for row in rows
+                     if row.content is not None and (row.res_type, row.res_id) not in self._pending}
+            created: list[JSON] = []
+            for pending in self._pending.values():
+                if pending.patient_id != patient_id or pending.document["resourceType"] not in wanted:
+                    continue
+                if pending.pk is None:
+                    created.append(pending.document)
+                else:
+                    by_pk[pending.pk] = pending.document
+            self._compartments[patient_id] = (wanted, [by_pk[pk] for pk in sorted(by_pk)] + created)
 
     async def compartment(self, patient_id: str, types: Sequence[str]) -> list[JSON]:
         if not types:

@@ -21,9 +21,10 @@ In the transaction (docs/hl7v2-ingest.md, "Group commit"):
    that would read what an earlier message of the batch writes waits for the next batch, so every
    plan sees exactly the store it would have seen alone. One whose plan fails (an identity conflict:
    AE 205) leaves the batch and is stored in the error queue as it would have been alone;
-5. one write: every message's row, resources, versions, index rows, Provenance and sources;
-6. the transfers hook of each message (an A03's discharge document and Tasks); then COMMIT, and only
-   then is any message answered.
+5. the transfers of care of the batch's A03s (their discharge documents and Tasks), read as if the batch
+   were written already (engine.documents.gather.StoreReader with the batch's versions pending);
+6. one write: every message's row, resources, versions, index rows, Provenance and sources, and the
+   documents and Tasks; then the Tasks' notifications, COMMIT, and only then is any message answered.
 
 A message whose (sender, control id) turns out to be stored already (a re-send) leaves the batch and
 is answered alone — with its stored ACK — and the rest are written again at once. Anything else that
@@ -46,10 +47,12 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Histogram
 
+from engine.documents.gather import Pending, StoreReader
 from engine.ingest import apply, identity, store
 from engine.ingest.staging import message_event_time, people, staged_changes
 from engine.observability import REGISTRY
-from engine.transfers.discharge import after_ingest
+from engine.search.extract import patient_compartment
+from engine.transfers import discharge
 from mappings.result import MappingError
 
 if TYPE_CHECKING:
@@ -238,14 +241,33 @@ class GroupCommit:
             refreshed.update(plan.refreshed_sources)
             staged.append(_Staged(entry, message_id, record, changes, sources))
         if staged:
+            changes = [c for s in staged for c in s.changes]
+            changes += await _transfer_changes(conn, staged, changes, currents, now)
             try:
-                await store.write_messages(conn, [c for s in staged for c in s.changes], now,
-                                           [s.sources for s in staged], [(s.message_id, s.record) for s in staged])
+                written = await store.write_messages(conn, changes, now, [s.sources for s in staged],
+                                                     [(s.message_id, s.record) for s in staged])
             except store.DuplicateMessage as duplicate:
                 raise _Resent([s.entry for s in staged if s.message_id in set(duplicate.args)]) from None
-            for item in staged:  # transfers of care (docs/transfers.md)
-                await after_ingest(conn, item.entry.message, item.entry.sender, item.entry.result, now=now)
+            new_tasks = [w.document for w in written if w.res_type == "Task" and w.created]
+            await discharge.notify(conn, new_tasks, now)
         return staged, failed, deferred
+
+
+async def _transfer_changes(conn: Any, staged: list[_Staged], changes: list[apply.Change],
+                            currents: dict[tuple[str, str], apply.Current], now: datetime) -> list[apply.Change]:
+    """The transfers of care the batch's A03s raise (docs/transfers.md), before the batch's write: read
+    through a `StoreReader` that sees the batch's changes as stored, so the document and Tasks are
+    those raising them after the write would make, and they are written by the same statement."""
+    if not any(discharge.discharged_encounter(s.entry.message, s.entry.result) for s in staged):
+        return []
+    pending = [Pending(v.document, v.current.pk if v.current is not None else None, patient_compartment(v.document))
+               for v in store.stamped_versions(changes, now)]
+    reader = StoreReader(conn, known=currents, pending=pending)
+    raised: list[apply.Change] = []
+    for item in staged:
+        raised += await discharge.transfer_changes(reader, item.entry.message, item.entry.sender, item.entry.result,
+                                                   now=now)
+    return raised
 
 
 def _one_per_person(batch: list[_Entry]) -> tuple[list[_Entry], list[_Entry]]:

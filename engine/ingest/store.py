@@ -256,7 +256,7 @@ class ConcurrentChange(Exception):
 
 
 @dataclass(slots=True)
-class _Version:
+class StampedVersion:
     """One version to write: the stamped document and where it goes."""
 
     document: dict[str, Any]
@@ -273,15 +273,15 @@ class _Version:
         return self.document["id"]
 
 
-def _versions(changes: Sequence[Change], now: datetime) -> list[_Version]:
+def stamped_versions(changes: Sequence[Change], now: datetime) -> list[StampedVersion]:
     """Each change stamped with its new `meta.versionId` / `meta.lastUpdated` (repository.stamp)."""
     versions = []
     for change in changes:
         current = change.current
         version_id = 1 if current is None else current.version_id + 1
         moment = now if current is None else max(now, current.last_updated)
-        versions.append(_Version(stamp(change.document, change.document["id"], version_id, moment),
-                                 version_id, moment, current))
+        versions.append(StampedVersion(stamp(change.document, change.document["id"], version_id, moment),
+                                       version_id, moment, current))
     return versions
 
 
@@ -304,7 +304,7 @@ async def write_changes(conn: AsyncConnection, changes: Sequence[Change], now: d
         if sources is not None:
             await record_sources(conn, sources.refreshed, sources.event_time, sources.message_id)
         return []
-    versions = _versions(changes, now)
+    versions = stamped_versions(changes, now)
     if conn.dialect.name == "postgresql":
         return await _write_postgresql(conn, versions, [sources] if sources else [], [message] if message else [])
     written = await _write_generic(conn, versions)
@@ -323,7 +323,7 @@ _UPDATE_RESOURCE = (
 _INSERT_RESOURCE = insert(resources).returning(resources.c.pk, sort_by_parameter_order=True)
 
 
-async def _write_generic(conn: AsyncConnection, versions: list[_Version]) -> list[Written]:
+async def _write_generic(conn: AsyncConnection, versions: list[StampedVersion]) -> list[Written]:
     creates = [v for v in versions if v.current is None]
     updates = [v for v in versions if v.current is not None]
     pks: dict[tuple[str, str], int] = {}
@@ -356,7 +356,7 @@ async def _write_generic(conn: AsyncConnection, versions: list[_Version]) -> lis
             for v in versions]
 
 
-def _index_rows(versions: Iterable[_Version]) -> dict[str, list[dict[str, Any]]]:
+def _index_rows(versions: Iterable[StampedVersion]) -> dict[str, list[dict[str, Any]]]:
     """Search-index rows of every version by table kind, keyed by (res_type, res_id) (pks come later)."""
     rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for version in versions:
@@ -432,7 +432,7 @@ _PG_WRITE = text(_pg_write_sql())
 _PG_WRITE_WITH_MESSAGES = text(_pg_write_sql(with_messages=True))
 
 
-async def _write_postgresql(conn: AsyncConnection, versions: list[_Version], sources: Sequence[SourceUpdate],
+async def _write_postgresql(conn: AsyncConnection, versions: list[StampedVersion], sources: Sequence[SourceUpdate],
                             messages: Sequence[tuple[int, MessageRecord]] = ()) -> list[Written]:
     creates = [{"res_type": v.res_type, "res_id": v.res_id, "last_updated": v.moment,
                 "patient_id": patient_compartment(v.document), "content": v.document}
@@ -468,13 +468,14 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[_Version], sou
 
 
 async def write_messages(conn: AsyncConnection, changes: Sequence[Change], now: datetime,
-                         sources: Sequence[SourceUpdate], messages: Sequence[tuple[int, MessageRecord]]) -> None:
+                         sources: Sequence[SourceUpdate], messages: Sequence[tuple[int, MessageRecord]]
+                         ) -> list[Written]:
     """PostgreSQL: several messages' rows (reserved ids), their changes and sources in one statement.
 
     Raises `DuplicateMessage` naming the reserved ids whose (sender, control_id) is stored already
     (their changes were written too: the caller rolls back), `ConcurrentChange` as `write_changes`.
     """
-    await _write_postgresql(conn, _versions(changes, now), sources, messages)
+    return await _write_postgresql(conn, stamped_versions(changes, now), sources, messages)
 
 
 def _json(rows: list[dict[str, Any]]) -> Jsonb:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from engine.documents.definitions import definitions
 from engine.documents.gather import StoreReader, named_parties
 from engine.documents.keys import reference_id_for
 from engine.documents.service import issue_discharge_changes, issue_discharge_document
-from engine.ingest.apply import Change, Current, read_current
+from engine.ingest.apply import Change, Current
 from engine.ingest.store import write_changes
 from engine.transfers import receivers as rx
 from engine.transfers import store
@@ -45,14 +46,36 @@ DocumentIssuer = Callable[..., Awaitable[Any]]
 
 async def after_ingest(conn: AsyncConnection, message: Message, sender: SenderConfig, result: MappingResult, *,
                        now: datetime) -> list[str]:
-    """The ingest hook: raise the transfers of an A03 discharge; ids of the Tasks created."""
-    if message.trigger != "A03":
-        return []
-    encounter_id = next((d["id"] for d in result.resources if d.get("resourceType") == "Encounter"), None)
+    """The ingest hook, once the message's resources are written: raise the transfers of an A03
+    discharge; ids of the Tasks created."""
+    encounter_id = discharged_encounter(message, result)
     if encounter_id is None:
         return []
-    return await raise_transfers(conn, encounter_id, rx.org_for_ods(sender.ods_code, sender.name or None),
-                                 trigger="A03", now=now)
+    return await raise_transfers(conn, encounter_id, hospital_of(sender), trigger="A03", now=now)
+
+
+def discharged_encounter(message: Message, result: MappingResult) -> str | None:
+    """The id of the Encounter an A03 finishes, or None for any other message."""
+    if message.trigger != "A03":
+        return None
+    return next((d["id"] for d in result.resources if d.get("resourceType") == "Encounter"), None)
+
+
+def hospital_of(sender: SenderConfig) -> rx.OrgRef:
+    return rx.org_for_ods(sender.ods_code, sender.name or None)
+
+
+async def transfer_changes(reader: StoreReader, message: Message, sender: SenderConfig, result: MappingResult, *,
+                           now: datetime) -> list[Change]:
+    """The ingest hook before the write (group commit): what raising an A03's transfers writes — the
+    discharge document and the new Tasks — read through `reader`, which sees the batch's pending
+    versions. The caller writes them with the batch, then calls `notify` with the Tasks as stored."""
+    encounter_id = discharged_encounter(message, result)
+    if encounter_id is None:
+        return []
+    config = process_config()
+    return await _transfer_changes(reader, encounter_id, hospital_of(sender), trigger="A03", now=now,
+                                   config=config, issuer=None) or []
 
 
 def document_issuer() -> DocumentIssuer | None:
@@ -74,32 +97,48 @@ async def raise_transfers(conn: AsyncConnection, encounter_id: str, hospital: rx
     Reads are batched through one `StoreReader` that the document shares; the document and the new
     Tasks are written by one statement (engine.ingest.store.write_changes), then their notifications.
     """
-    config = config or process_config()
-    reader = StoreReader(conn)
+    changes = await _transfer_changes(StoreReader(conn), encounter_id, hospital, trigger=trigger, now=now,
+                                      config=config or process_config(), issuer=issuer)
+    if not changes:
+        return []
+    written = await write_changes(conn, changes, now)
+    return await notify(conn, [w.document for w in written if w.res_type == "Task"], now)
+
+
+async def notify(conn: AsyncConnection, tasks: list[JSON], now: datetime) -> list[str]:
+    """The notifications of new transfer Tasks (as stored, meta stamped) in the outbox; their ids."""
+    await store.enqueue_many(conn, tasks, store.TASK_REQUESTED, now)
+    for encounter_id, count in Counter(_encounter_of(task) for task in tasks).items():
+        log.info("transfers raised", extra={"fields": {"encounter": encounter_id, "tasks": count}})
+    return [task["id"] for task in tasks]
+
+
+def _encounter_of(task: JSON) -> str | None:
+    return rx.reference_id(task.get("encounter"), "Encounter")
+
+
+async def _transfer_changes(reader: StoreReader, encounter_id: str, hospital: rx.OrgRef, *, trigger: str,
+                            now: datetime, config: TransfersConfig, issuer: DocumentIssuer | None
+                            ) -> list[Change] | None:
+    """The document's changes and the new Tasks, or None when `encounter_id` is not an inpatient discharge."""
     encounter = await reader.get("Encounter", encounter_id)
     if encounter is None or not rx.is_inpatient_discharge(trigger, encounter):
-        return []
+        return None
     patient_id = rx.reference_id(encounter.get("subject"), "Patient")
     patient = await reader.get("Patient", patient_id) if patient_id else None
     if patient is None or patient_id is None:
-        return []
+        return None
     receivers = await _receivers(reader, patient, encounter, hospital, config)
     # The stored Tasks (a re-sent discharge has them) and DocumentReference, in one query.
-    stored = await read_current(conn, [*(("Task", task_id(encounter_id, r)) for r in receivers),
-                                       ("DocumentReference", reference_id_for(encounter_id, config.document_type))])
-    document, changes = await _issue_document(conn, reader, encounter_id, config, issuer, now, stored)
+    stored = await reader.stored([*(("Task", task_id(encounter_id, r)) for r in receivers),
+                                  ("DocumentReference", reference_id_for(encounter_id, config.document_type))])
+    document, changes = await _issue_document(reader, encounter_id, config, issuer, now, stored)
     tasks = [build_task(encounter_id=encounter_id, patient_id=patient_id, receiver=receiver, requester=hospital,
                         document=document, now=now) for receiver in receivers]
     # A re-sent discharge finds its Tasks: the transfer exists, and may have moved on. Two receivers with one
     # key (an organisation in two roles) share a Task: the first one's.
     new_tasks = [task for task in _first_by_id(tasks) if ("Task", task["id"]) not in stored]
-    written = await write_changes(conn, [*changes, *(Change(task, None, track_source=False) for task in new_tasks)],
-                                  now)
-    created = [w.document for w in written if w.res_type == "Task"]
-    await store.enqueue_many(conn, created, store.TASK_REQUESTED, now)
-    if created:
-        log.info("transfers raised", extra={"fields": {"encounter": encounter_id, "tasks": len(created)}})
-    return [task["id"] for task in created]
+    return [*changes, *(Change(task, None, track_source=False) for task in new_tasks)]
 
 
 def _first_by_id(documents: list[JSON]) -> list[JSON]:
@@ -135,7 +174,7 @@ def definition_types(doc_type: str) -> tuple[str, ...]:
     return tuple(definition.resource_types) if definition is not None else ()
 
 
-async def _issue_document(conn: AsyncConnection, reader: StoreReader, encounter_id: str, config: TransfersConfig,
+async def _issue_document(reader: StoreReader, encounter_id: str, config: TransfersConfig,
                           issuer: DocumentIssuer | None, now: datetime,
                           currents: Mapping[tuple[str, str], Current]) -> tuple[DocumentRefs | None, list[Change]]:
     """The discharge document. engine.documents' own issuer is asked for its writes as changes, for the
@@ -147,9 +186,9 @@ async def _issue_document(conn: AsyncConnection, reader: StoreReader, encounter_
         return None, []
     changes: list[Change] = []
     if issue is issue_discharge_document:
-        issued, changes = await issue_discharge_changes(conn, encounter_id, config.document_type, now=now,
+        issued, changes = await issue_discharge_changes(reader.conn, encounter_id, config.document_type, now=now,
                                                         reader=reader, currents=currents)
     else:
-        issued = await issue(conn, encounter_id, config.document_type, now=now)
+        issued = await issue(reader.conn, encounter_id, config.document_type, now=now)
     return DocumentRefs(getattr(issued, "bundle_id", None), getattr(issued, "composition_id", None),
                         getattr(issued, "document_reference_id", None)), changes

@@ -64,18 +64,35 @@ def streams() -> list[list[str]]:
 _DOCUMENT_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
-async def snapshot(db: Database) -> dict[tuple[str, str], Any]:
+# Times stamped when a resource is written or a document made: they follow the order of writing.
+_WRITING_TIMES = frozenset({"lastUpdated", "recorded", "date", "authoredOn", "lastModified", "timestamp"})
+
+
+def _without_writing_times(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_writing_times(v) for k, v in value.items() if k not in _WRITING_TIMES}
+    if isinstance(value, list):
+        return [_without_writing_times(v) for v in value]
+    return value
+
+
+async def snapshot(db: Database) -> dict[Any, Any]:
     """Every resource, with its version and number of token index rows, without server meta — but the
-    Provenances (whose ids follow message ids) and the documents (random ids, referred to by a placeholder)."""
+    Provenances (whose ids follow message ids) — and the documents (random ids, referred to by a
+    placeholder; the versions of what they hold kept, the times of writing left out) as one sorted list."""
     async with db.read() as conn:
         rows = (await conn.execute(text(
             "SELECT res_type, res_id, version_id, CAST(content AS TEXT) FROM resources"
             " WHERE res_type NOT IN ('Provenance', 'Bundle', 'Composition')"))).all()
+        documents = (await conn.execute(text(
+            "SELECT CAST(content AS TEXT) FROM resources WHERE res_type IN ('Bundle', 'Composition')"))).scalars()
+        found: dict[Any, Any] = {"documents": sorted(
+            orjson.dumps(_without_writing_times(orjson.loads(_DOCUMENT_UUID.sub("document", content))),
+                         option=orjson.OPT_SORT_KEYS) for content in documents)}
         index = (await conn.execute(text(
             "SELECT r.res_type, r.res_id, count(*) FROM idx_token AS t JOIN resources AS r ON r.pk = t.res_pk"
             " GROUP BY r.res_type, r.res_id"))).all()
     tokens = {(t, i): n for t, i, n in index}
-    found = {}
     for res_type, res_id, version, content in rows:
         document = orjson.loads(_DOCUMENT_UUID.sub("document", content))
         document["meta"] = {k: v for k, v in document.get("meta", {}).items() if k not in ("lastUpdated", "versionId")}
@@ -101,6 +118,7 @@ def test_concurrent_senders_give_the_store_that_one_at_a_time_gives(ctx, run) ->
         for message in stream:
             assert run(ingest(ctx, message)).code == "AA"
     alone = run(snapshot(ctx.db))
+    assert len(alone["documents"]) == 10  # each discharge's Bundle and Composition
     alone_messages = len(run(messages(ctx.db)))
     run(_empty(ctx.db))
 
