@@ -19,8 +19,7 @@ def sensitivity_labels(document: Mapping[str, Any], policy: Policy) -> list[dict
     codes = {normal_coding(coding, policy) for coding in resource_codes(document)}
     found = {
         (code_list.label["system"], code_list.label["code"]): dict(code_list.label)
-        for code_list in policy.code_lists
-        if any(code_list.matches(system, code) for system, code in codes)
+        for code_list in policy.code_list_index.matching(codes)
     }
     if found:
         confidentiality = policy.confidentiality_label

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,36 @@ class CodeList:
 
 
 @dataclass(frozen=True)
+class CodeListIndex:
+    """The sensitive code lists by code, so that a resource's codes are looked up rather than compared with
+    every list: exact (system, code) → positions of the lists holding it; system → (prefix, position)."""
+
+    code_lists: tuple[CodeList, ...]
+    exact: Mapping[Coding, tuple[int, ...]]
+    prefixes: Mapping[str, tuple[tuple[str, int], ...]]
+
+    def matching(self, codes: Iterable[Coding]) -> list[CodeList]:
+        """The code lists that any of `codes` `matches`, in policy order."""
+        found: set[int] = set()
+        for system, code in codes:
+            found.update(self.exact.get((system, code), ()))
+            found.update(position for prefix, position in self.prefixes.get(system, ()) if code.startswith(prefix))
+        return [self.code_lists[position] for position in sorted(found)]
+
+
+def index_code_lists(code_lists: tuple[CodeList, ...]) -> CodeListIndex:
+    """`code_lists` indexed by exact code and by system for their prefixes (`CodeListIndex`)."""
+    exact: dict[Coding, tuple[int, ...]] = {}
+    prefixes: dict[str, tuple[tuple[str, int], ...]] = {}
+    for position, code_list in enumerate(code_lists):
+        for coding in code_list.codes:
+            exact[coding] = (*exact.get(coding, ()), position)
+        for system, prefix in code_list.prefixes:
+            prefixes[system] = (*prefixes.get(system, ()), (prefix, position))
+    return CodeListIndex(code_lists, exact, prefixes)
+
+
+@dataclass(frozen=True)
 class BreakGlassRules:
     """Break-glass (UK-REFERENCE §4): a time box and what makes a free-text reason acceptable."""
 
@@ -98,6 +129,11 @@ class Policy:
     code_lists: tuple[CodeList, ...]
     opt_out: OptOutMarker
     withheld_read_status: int = 404
+
+    @cached_property
+    def code_list_index(self) -> CodeListIndex:
+        """`code_lists` indexed for labelling (built on first use; the policy never changes)."""
+        return index_code_lists(self.code_lists)
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
