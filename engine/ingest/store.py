@@ -479,12 +479,9 @@ async def write_messages(conn: AsyncConnection, changes: Sequence[Change], now: 
 
 
 def _json(rows: list[dict[str, Any]]) -> Jsonb:
-    """A jsonb parameter, serialised by orjson (datetimes as ISO 8601, read back as `timestamp`)."""
-    return Jsonb(rows, dumps=_orjson_text)
-
-
-def _orjson_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    """A jsonb parameter, serialised by orjson (datetimes as ISO 8601, read back as `timestamp`) straight
+    to the UTF-8 bytes psycopg sends."""
+    return Jsonb(rows, dumps=orjson.dumps)
 
 
 def _sources_statement(dialect_name: str) -> Any:
