@@ -326,18 +326,19 @@ class CompiledExpression:
 
     `root_keys`: the top-level JSON keys of which at least one must be present for a non-empty result
     (None when the result may be non-empty regardless, e.g. `exists()`); callers use it to skip
-    expressions cheaply.
+    expressions cheaply. `evaluate` is the compiled closure itself, for callers that have checked the
+    resource's type: it takes the collection `[(resource, resource_type)]`.
     """
 
     expression: str
     resource_type: str
     root_keys: frozenset[str] | None
-    _fn: Evaluate
+    evaluate: Evaluate
 
     def __call__(self, resource: Mapping[str, Any]) -> Collection:
         if resource.get("resourceType") != self.resource_type:
             return []
-        return self._fn([(resource, self.resource_type)])
+        return self.evaluate([(resource, self.resource_type)])
 
 
 def compile_expression(expression: str, resource_type: str, lookup: ElementLookup) -> CompiledExpression:
@@ -444,8 +445,9 @@ class _Compiler:
         if call.name == "where":
             if len(call.args) != 1:
                 raise UnsupportedExpression("where() takes one criterion")
-            criterion = self.compile(call.args[0], base.static)
-            return _Compiled(_chain(base.fn, _where(criterion.fn)), base.static, base.root_keys)
+            target = _resolved_type(call.args[0])
+            where = _references_to(target) if target else _where(self.compile(call.args[0], base.static).fn)
+            return _Compiled(_chain(base.fn, where), base.static, base.root_keys)
         if call.args:
             raise UnsupportedExpression(f"{call.name}() with arguments is not supported")
         if call.name == "exists":
@@ -609,6 +611,22 @@ def _navigate_choice(alternatives: Step) -> Evaluate:
 def _where(criterion: Evaluate) -> Evaluate:
     def where(coll: Collection) -> Collection:
         return [item for item in coll if _truth(criterion([item])) is True]
+
+    return where
+
+
+def _resolved_type(criterion: Node) -> str | None:
+    """T when a where() criterion is `resolve() is T`, as reference parameters' criteria usually are."""
+    if isinstance(criterion, TypeOp) and criterion.op == "is" and criterion.operand == Call("resolve", ()):
+        return criterion.type_name
+    return None
+
+
+def _references_to(type_name: str) -> Evaluate:
+    """`where(resolve() is T)` in one step: the references whose target type is a T."""
+
+    def where(coll: Collection) -> Collection:
+        return [item for item in coll if type_matches(reference_type(item[0]), type_name)]
 
     return where
 
