@@ -13,13 +13,13 @@ Pure: no I/O beyond the registry loaded once at import.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from consent.relationships import relationships_from
-from engine.search.fhirpath import Item
+from engine.search.fhirpath import Evaluate, Item
 from engine.search.normalise import (
     MAX_STRING,
     MAX_URL,
@@ -41,25 +41,28 @@ _QUANTITY_TYPES = frozenset(
     {"Quantity", "Age", "Count", "Distance", "Duration", "MoneyQuantity", "SimpleQuantity"}
 )
 _CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
+_T = TypeVar("_T")
 
 
 # --- strings: https://hl7.org/fhir/R4/search.html#string -----------------------------------------
 
 
-def _string_values(items: Iterable[Item]) -> Iterator[str]:
+def _string_texts(items: Iterable[Item]) -> list[str]:
     """The texts a string parameter matches: a plain string, or the parts of a HumanName or Address."""
+    texts: list[str] = []
     for node, fhir_type in items:
         if type(node) is str:
-            yield node
+            texts.append(node)
         elif type(node) is dict:
             shape = fhir_type if fhir_type in ("HumanName", "Address") else _string_shape(node)
             if shape == "HumanName":
-                yield from _parts(node, ("text", "family"), ("given", "prefix", "suffix"))
+                texts += _parts(node, ("text", "family"), ("given", "prefix", "suffix"))
             elif shape == "Address":
-                yield from _parts(node, ("text",), ("line",))
-                yield from _parts(node, ("city", "district", "state", "postalCode", "country"), ())
+                texts += _parts(node, ("text",), ("line",))
+                texts += _parts(node, ("city", "district", "state", "postalCode", "country"), ())
             elif type(node.get("text")) is str:
-                yield node["text"]
+                texts.append(node["text"])
+    return texts
 
 
 def _string_shape(node: Mapping[str, Any]) -> str | None:
@@ -70,55 +73,56 @@ def _string_shape(node: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _parts(node: Mapping[str, Any], single: tuple[str, ...], repeated: tuple[str, ...]) -> Iterator[str]:
-    for key in single:
-        value = node.get(key)
-        if type(value) is str:
-            yield value
+def _parts(node: Mapping[str, Any], single: tuple[str, ...], repeated: tuple[str, ...]) -> list[str]:
+    parts = [value for key in single if type(value := node.get(key)) is str]
     for key in repeated:
         values = node.get(key)
         if type(values) is list:
-            yield from (v for v in values if type(v) is str)
+            parts += [v for v in values if type(v) is str]
+    return parts
 
 
-def _string_rows(items: Iterable[Item]) -> Iterator[tuple[str, str]]:
-    for text in _string_values(items):
+def _string_values(items: Iterable[Item]) -> list[tuple[str, str]]:
+    """(folded, exact) for each text that folds to something."""
+    found: list[tuple[str, str]] = []
+    for text in _string_texts(items):
         value = normalise_string(text)
         if value:
-            yield value, text[:MAX_STRING]
+            found.append((value, text[:MAX_STRING]))
+    return found
 
 
 # --- tokens: https://hl7.org/fhir/R4/search.html#token -------------------------------------------
 
 
-def _token_rows(items: Iterable[Item]) -> Iterator[tuple[str, str, str | None]]:
+def _token_values(items: Iterable[Item]) -> list[tuple[str, str, str | None]]:
     """(system, code, display) for Codings, CodeableConcepts, Identifiers, ContactPoints and primitives."""
+    found: list[tuple[str, str, str | None]] = []
     for node, fhir_type in items:
         kind = type(node)
         if kind is str:
-            yield "", node, None
-        elif kind is bool:
-            yield "", "true" if node else "false", None
-        elif kind is int:
-            yield "", str(node), None
+            found.append(("", node, None))
         elif kind is dict:
-            yield from _complex_tokens(node, fhir_type or _token_shape(node))
+            found += _complex_tokens(node, fhir_type or _token_shape(node))
+        elif kind is bool:
+            found.append(("", "true" if node else "false", None))
+        elif kind is int:
+            found.append(("", str(node), None))
+    return found
 
 
-def _complex_tokens(node: Mapping[str, Any], shape: str | None) -> Iterator[tuple[str, str, str | None]]:
+def _complex_tokens(node: Mapping[str, Any], shape: str | None) -> list[tuple[str, str, str | None]]:
     if shape == "CodeableConcept":
         codings = node.get("coding")
-        if type(codings) is list:
-            for coding in codings:
-                if type(coding) is dict:
-                    yield _coding(coding)
-    elif shape == "Coding":
-        yield _coding(node)
-    elif shape == "Identifier":
-        yield _text(node.get("system")), _text(node.get("value")), None
-    elif shape == "ContactPoint":
+        return [_coding(c) for c in codings if type(c) is dict] if type(codings) is list else []
+    if shape == "Coding":
+        return [_coding(node)]
+    if shape == "Identifier":
+        return [(_text(node.get("system")), _text(node.get("value")), None)]
+    if shape == "ContactPoint":
         # The ContactPoint's own system (phone, email…) is not a token system.
-        yield "", _text(node.get("value")), None
+        return [("", _text(node.get("value")), None)]
+    return []
 
 
 def _coding(coding: Mapping[str, Any]) -> tuple[str, str, str | None]:
@@ -141,38 +145,28 @@ def _text(value: Any) -> str:
     return value if type(value) is str else ""
 
 
-def _token_row(param: str, row: tuple[str, str, str | None]) -> Row | None:
-    system, code, display = row
-    if not code:
-        return None
-    return {
-        "param": param,
-        "system": system[:MAX_STRING],
-        "code": code[:MAX_STRING],
-        "display": display[:MAX_STRING] if display else None,
-    }
-
-
 # --- dates: https://hl7.org/fhir/R4/search.html#date ---------------------------------------------
 
 
-def _date_rows(items: Iterable[Item]) -> Iterator[tuple[datetime | None, datetime | None]]:
+def _date_values(items: Iterable[Item]) -> list[tuple[datetime | None, datetime | None]]:
     """[low, high] for dates, dateTimes, instants, Periods and each event of a Timing."""
+    found: list[tuple[datetime | None, datetime | None]] = []
     for node, fhir_type in items:
         if type(node) is str:
             if fhir_type is None or fhir_type in _DATE_TYPES:
-                found = _date_range(node)
-                if found is not None:
-                    yield found
+                moment = _date_range(node)
+                if moment is not None:
+                    found.append(moment)
         elif type(node) is dict:
             shape = fhir_type or ("Period" if ("start" in node or "end" in node) else "Timing")
             if shape == "Period":
                 low, high = _date_range(node.get("start")), _date_range(node.get("end"))
                 # A Period's open ends stay open (None).
                 if low is not None or high is not None:
-                    yield (low[0] if low else None), (high[1] if high else None)
+                    found.append(((low[0] if low else None), (high[1] if high else None)))
             elif shape == "Timing" and type(node.get("event")) is list:
-                yield from filter(None, map(_date_range, node["event"]))
+                found += filter(None, map(_date_range, node["event"]))
+    return found
 
 
 def _date_range(value: Any) -> tuple[datetime, datetime] | None:
@@ -187,16 +181,18 @@ def _date_range(value: Any) -> tuple[datetime, datetime] | None:
 # --- references: https://hl7.org/fhir/R4/search.html#reference -----------------------------------
 
 
-def _reference_rows(items: Iterable[Item]) -> Iterator[tuple[str | None, str | None, str | None]]:
+def _reference_values(items: Iterable[Item]) -> list[tuple[str | None, str | None, str | None]]:
     """(target_type, target_id, url) for literal references and for canonical/uri values."""
+    found: list[tuple[str | None, str | None, str | None]] = []
     for node, fhir_type in items:
-        if type(node) is str:
-            if node:
-                yield None, None, node[:MAX_URL]
-        elif type(node) is dict and fhir_type in (None, "Reference"):
-            row = _literal(node)
-            if row is not None:
-                yield row
+        if type(node) is dict:
+            if fhir_type is None or fhir_type == "Reference":
+                row = _literal(node)
+                if row is not None:
+                    found.append(row)
+        elif type(node) is str and node:
+            found.append((None, None, node[:MAX_URL]))
+    return found
 
 
 def _literal(reference: Mapping[str, Any]) -> tuple[str | None, str | None, str | None] | None:
@@ -216,25 +212,28 @@ def _literal(reference: Mapping[str, Any]) -> tuple[str | None, str | None, str 
 # --- quantities and numbers: https://hl7.org/fhir/R4/search.html#quantity ------------------------
 
 
-def _quantity_rows(items: Iterable[Item]) -> Iterator[tuple[str, str, float]]:
+def _quantity_values(items: Iterable[Item]) -> list[tuple[str, str, float]]:
     """(system, code or unit, value); a Range gives its low and its high (the table has one value)."""
+    found: list[tuple[str, str, float]] = []
     for node, fhir_type in items:
         if type(node) is not dict:
             continue
         shape = fhir_type or ("Range" if ("low" in node or "high" in node) else "Quantity")
         if shape in _QUANTITY_TYPES:
-            yield from _quantity(node)
+            found += _quantity(node)
         elif shape == "Range":
             for end in ("low", "high"):
                 if type(node.get(end)) is dict:
-                    yield from _quantity(node[end])
+                    found += _quantity(node[end])
+    return found
 
 
-def _quantity(quantity: Mapping[str, Any]) -> Iterator[tuple[str, str, float]]:
+def _quantity(quantity: Mapping[str, Any]) -> list[tuple[str, str, float]]:
     value = _number(quantity.get("value"))
-    if value is not None:
-        code = _text(quantity.get("code")) or _text(quantity.get("unit"))
-        yield _text(quantity.get("system"))[:MAX_STRING], code[:_MAX_QUANTITY_CODE], value
+    if value is None:
+        return []
+    code = _text(quantity.get("code")) or _text(quantity.get("unit"))
+    return [(_text(quantity.get("system"))[:MAX_STRING], code[:_MAX_QUANTITY_CODE], value)]
 
 
 def _number(value: Any) -> float | None:
@@ -244,51 +243,59 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _number_rows(items: Iterable[Item]) -> Iterator[float]:
-    for node, _ in items:
-        number = _number(node)
-        if number is not None:
-            yield number
+def _number_values(items: Iterable[Item]) -> list[float]:
+    return [number for node, _ in items if (number := _number(node)) is not None]
 
 
-def _uri_rows(items: Iterable[Item]) -> Iterator[str]:
-    for node, _ in items:
-        if type(node) is str and node:
-            yield node[:MAX_URL]
+def _uri_values(items: Iterable[Item]) -> list[str]:
+    return [node[:MAX_URL] for node, _ in items if type(node) is str and node]
 
 
 # --- rows ----------------------------------------------------------------------------------------
 
 
+def _unique(values: list[_T]) -> Iterable[_T]:
+    """`values` in order without repeats (most parameters find a single value, which needs no dict)."""
+    return values if len(values) < 2 else dict.fromkeys(values)
+
+
 def _strings(param: str, items: Collection[Item]) -> list[Row]:
-    return [{"param": param, "value": v, "exact": e} for v, e in dict.fromkeys(_string_rows(items))]
+    return [{"param": param, "value": v, "exact": e} for v, e in _unique(_string_values(items))]
 
 
 def _tokens(param: str, items: Collection[Item]) -> list[Row]:
-    rows = (_token_row(param, row) for row in dict.fromkeys(_token_rows(items)))
-    return [row for row in rows if row is not None]
+    return [
+        {
+            "param": param,
+            "system": system[:MAX_STRING],
+            "code": code[:MAX_STRING],
+            "display": display[:MAX_STRING] if display else None,
+        }
+        for system, code, display in _unique(_token_values(items))
+        if code
+    ]
 
 
 def _dates(param: str, items: Collection[Item]) -> list[Row]:
-    return [{"param": param, "low": low, "high": high} for low, high in dict.fromkeys(_date_rows(items))]
+    return [{"param": param, "low": low, "high": high} for low, high in _unique(_date_values(items))]
 
 
 def _references(param: str, items: Collection[Item]) -> list[Row]:
-    rows = dict.fromkeys(_reference_rows(items))
+    rows = _unique(_reference_values(items))
     return [{"param": param, "target_type": t, "target_id": i, "url": u} for t, i, u in rows]
 
 
 def _quantities(param: str, items: Collection[Item]) -> list[Row]:
-    rows = dict.fromkeys(_quantity_rows(items))
+    rows = _unique(_quantity_values(items))
     return [{"param": param, "system": s, "code": c, "value": v} for s, c, v in rows]
 
 
 def _numbers(param: str, items: Collection[Item]) -> list[Row]:
-    return [{"param": param, "value": v} for v in dict.fromkeys(_number_rows(items))]
+    return [{"param": param, "value": v} for v in _unique(_number_values(items))]
 
 
 def _uris(param: str, items: Collection[Item]) -> list[Row]:
-    return [{"param": param, "value": v} for v in dict.fromkeys(_uri_rows(items))]
+    return [{"param": param, "value": v} for v in _unique(_uri_values(items))]
 
 
 _ROWS: Mapping[str, Callable[[str, Collection[Item]], list[Row]]] = {
@@ -306,41 +313,74 @@ _PLAN_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
-    """The parameters of one resource type, ordered, with those to try for each top-level key."""
+class _Extractor:
+    """Search parameters of one kind that share an expression (a Patient's `name` and `phonetic`):
+    evaluated and turned into rows once, the rows copied for the other codes."""
 
-    params: tuple[SearchParam, ...]
+    codes: tuple[str, ...]
+    kind: str
+    expression: str
+    evaluate: Evaluate
+    rows: Callable[[str, Collection[Item]], list[Row]]
+    root_keys: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The extractors of one resource type, ordered, with those to try for each top-level key."""
+
+    extractors: tuple[_Extractor, ...]
     always: tuple[int, ...]
     by_key: Mapping[str, tuple[int, ...]]
     # Resources of one type from one source share their key sets: remember the choice per key tuple.
-    chosen: dict[tuple[str, ...], tuple[SearchParam, ...]] = field(default_factory=dict)
+    chosen: dict[tuple[str, ...], tuple[_Extractor, ...]] = field(default_factory=dict)
 
-    def applicable(self, resource: Mapping[str, Any]) -> tuple[SearchParam, ...]:
-        """The parameters that can find something in `resource`, judged by its top-level keys."""
+    def applicable(self, resource: Mapping[str, Any]) -> tuple[_Extractor, ...]:
+        """The extractors that can find something in `resource`, judged by its top-level keys."""
         keys = tuple(resource)
         found = self.chosen.get(keys)
         if found is None:
             indexes = set(self.always)
             for key in keys:
                 indexes.update(self.by_key.get(key, ()))
-            found = tuple(self.params[i] for i in sorted(indexes))
+            found = tuple(self.extractors[i] for i in sorted(indexes))
             if len(self.chosen) >= _PLAN_CACHE_SIZE:
                 self.chosen.clear()
             self.chosen[keys] = found
         return found
 
 
+def _extractors(params: Mapping[str, SearchParam]) -> list[_Extractor]:
+    """The parameters in code order. One with the same expression as the previous one of its kind joins
+    it, so that the rows of each kind keep that order."""
+    extractors: list[_Extractor] = []
+    last_of_kind: dict[str, int] = {}
+    for code, param in sorted(params.items()):
+        if param.type not in _ROWS:
+            continue
+        last = last_of_kind.get(param.type)
+        if last is not None and extractors[last].expression == param.expression:
+            extractors[last] = replace(extractors[last], codes=extractors[last].codes + (code,))
+            continue
+        last_of_kind[param.type] = len(extractors)
+        evaluator = param.evaluator
+        extractors.append(
+            _Extractor((code,), param.type, param.expression, evaluator.evaluate, _ROWS[param.type],
+                       evaluator.root_keys)
+        )
+    return extractors
+
+
 def _plan(params: Mapping[str, SearchParam]) -> _Plan:
-    ordered = tuple(p for _, p in sorted(params.items()) if p.type in _ROWS)
+    extractors = _extractors(params)
     always: list[int] = []
     by_key: dict[str, list[int]] = {}
-    for i, param in enumerate(ordered):
-        keys = param.evaluator.root_keys
-        if keys is None:
+    for i, extractor in enumerate(extractors):
+        if extractor.root_keys is None:
             always.append(i)
-        for key in keys or ():
+        for key in extractor.root_keys or ():
             by_key.setdefault(key, []).append(i)
-    return _Plan(ordered, tuple(always), {k: tuple(v) for k, v in by_key.items()})
+    return _Plan(tuple(extractors), tuple(always), {k: tuple(v) for k, v in by_key.items()})
 
 
 _PLANS: Mapping[str, _Plan] = {t: _plan(params_for(t)) for t in SUPPORTED_TYPES}
@@ -357,13 +397,20 @@ def extract_index(resource: Mapping[str, Any]) -> dict[str, list[Row]]:
     https://hl7.org/fhir/R4/search.html#ptypes
     """
     rows: dict[str, list[Row]] = {kind: [] for kind in INDEX_KINDS}
-    plan = _PLANS.get(resource.get("resourceType"))  # type: ignore[arg-type]
+    resource_type = resource.get("resourceType")
+    plan = _PLANS.get(resource_type)  # type: ignore[arg-type]
     if plan is None:
         return rows
-    for param in plan.applicable(resource):
-        items = param.evaluator(resource)
-        if items:
-            rows[param.type].extend(_ROWS[param.type](param.code, items))
+    root = [(resource, resource_type)]
+    for extractor in plan.applicable(resource):
+        items = extractor.evaluate(root)
+        if not items:
+            continue
+        found = extractor.rows(extractor.codes[0], items)
+        table = rows[extractor.kind]
+        table += found
+        for code in extractor.codes[1:]:
+            table += [{**row, "param": code} for row in found]
     rows["relationship"] = relationship_rows(resource)
     return rows
 
@@ -390,16 +437,24 @@ def patient_compartment(resource: Mapping[str, Any], local_bases: Collection[str
     if resource_type == "Patient":
         own_id = resource.get("id")
         return own_id if type(own_id) is str and own_id else None
-    params = params_for(resource_type) if type(resource_type) is str else {}
-    for code in _COMPARTMENT_PARAMS:
-        param = params.get(code)
-        if param is None or param.type != "reference":
-            continue
-        for node, _ in param.evaluator(resource):
+    evaluators = _COMPARTMENT_EVALUATORS.get(resource_type, ()) if type(resource_type) is str else ()
+    for evaluate in evaluators:
+        for node, _ in evaluate([(resource, resource_type)]):
             patient_id = _local_patient(node, local_bases)
             if patient_id is not None:
                 return patient_id
     return None
+
+
+def _compartment_evaluators(resource_type: str) -> tuple[Evaluate, ...]:
+    params = params_for(resource_type)
+    found = (params.get(code) for code in _COMPARTMENT_PARAMS)
+    return tuple(param.evaluator.evaluate for param in found if param is not None and param.type == "reference")
+
+
+_COMPARTMENT_EVALUATORS: Mapping[str, tuple[Evaluate, ...]] = {
+    t: _compartment_evaluators(t) for t in SUPPORTED_TYPES
+}
 
 
 def _local_patient(node: Any, local_bases: Collection[str]) -> str | None:
