@@ -1,14 +1,15 @@
 """The alembic migrations build exactly the tables, columns and indexes engine/db declares, and the
-latest one can be undone and redone (on the session's back end: SQLite or PostgreSQL)."""
+latest ones can be undone and redone (on the session's back end: SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 import engine.audit.schema
 import engine.db.access_schema
@@ -49,7 +50,35 @@ def test_the_migrated_schema_is_the_declared_one(database_url: str) -> None:
     assert differences(database_url) == []
 
 
-def test_the_latest_migration_goes_down_and_up_again(tmp_path: Path) -> None:
+def compression_methods(url: str) -> dict[str, str]:
+    """PostgreSQL: the compression each column of the documents is set to ('l' LZ4, 'p' pglz, '' the default)."""
+    engine = create_engine(sync_database_url(url))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT attrelid::regclass::text || '.' || attname, attcompression FROM pg_attribute"
+                " WHERE (attrelid::regclass::text, attname) IN (('resources', 'content'),"
+                " ('resource_versions', 'content'), ('hl7_messages', 'raw'))")).all()
+    finally:
+        engine.dispose()
+    return {column: method for column, method in rows}
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="TOAST compression is PostgreSQL's")
+def test_documents_are_compressed_with_lz4_and_the_migration_goes_down_and_up(tmp_path: Path) -> None:
+    url, drop = create_test_database(tmp_path)
+    try:
+        everywhere = {"resources.content", "resource_versions.content", "hl7_messages.raw"}
+        assert compression_methods(url) == dict.fromkeys(everywhere, "l")
+        downgrade(url, "0008")
+        assert compression_methods(url) == dict.fromkeys(everywhere, "p")
+        upgrade(url)
+        assert compression_methods(url) == dict.fromkeys(everywhere, "l")
+    finally:
+        drop()  # type: ignore[operator]
+
+
+def test_the_index_rows_migration_goes_down_and_up_again(tmp_path: Path) -> None:
     url, drop = create_test_database(tmp_path)
     try:
         downgrade(url, "0007")
