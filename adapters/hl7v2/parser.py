@@ -248,6 +248,11 @@ class Segment:
         parts = self._fields()
         return parts[n] if 0 < n < len(parts) else ""
 
+    def present_fields(self) -> list[int]:
+        """Numbers of the fields that have any content, the explicit null `""` included, in order."""
+        parts = self._fields()
+        return [n for n in range(1, len(parts)) if parts[n]]
+
     def is_present(self, field: int) -> bool:
         """Whether field `field` has any content, the explicit null `""` included."""
         return self.raw_field(field) != ""

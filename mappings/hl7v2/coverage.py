@@ -37,7 +37,7 @@ def combine(*tables: FieldsRead) -> dict[str, frozenset[int]]:
 
 def populated_fields(segment: Segment) -> list[int]:
     """Field numbers of `segment` that carry a value (the explicit null `""` counts: it was sent)."""
-    return [n for n in range(1, len(segment) + 1) if segment.is_present(n)]
+    return segment.present_fields()
 
 
 def is_z_segment(name: str) -> bool:
