@@ -170,6 +170,9 @@ class V2DateTime:
         return self.hour is not None
 
 
+# The date functions below are pure functions of short texts that recur within a message (MSH-7, EVN-2,
+# OBR-7, each OBX-14 …) and across a patient's messages: they are cached.
+@functools.lru_cache(maxsize=4096)
 def parse_v2_dtm(text: str | None) -> V2DateTime | None:
     """Parse a v2 DTM/TS/DT keeping its precision; None if it is not a real date/time.
 
@@ -283,6 +286,7 @@ def parse_v2_datetime(text: str | None, default_tz: tzinfo | None = None) -> dat
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def v2_to_fhir_date(text: str | None) -> str | None:
     """A v2 DT/DTM as a FHIR `date` at the source's precision (YYYY, YYYY-MM or YYYY-MM-DD); time dropped.
 
@@ -319,6 +323,12 @@ def v2_to_fhir_datetime(text: str | None, default_tz: tzinfo | None = None) -> s
     >>> v2_to_fhir_datetime("20240301123005.25-0500")
     '2024-03-01T12:30:05.25-05:00'
     """
+    return _fhir_datetime(text, _local(default_tz))
+
+
+@functools.lru_cache(maxsize=4096)
+def _fhir_datetime(text: str | None, local_tz: tzinfo) -> str | None:
+    """`v2_to_fhir_datetime` with the time zone for a time without an offset already chosen."""
     v = parse_v2_dtm(text)
     if v is None:
         return None
@@ -331,7 +341,7 @@ def v2_to_fhir_datetime(text: str | None, default_tz: tzinfo | None = None) -> s
     offset = v.offset
     if offset is None:
         naive = datetime(v.year, v.month or 1, v.day or 1, v.hour or 0, v.minute or 0, v.second or 0)
-        offset = _local(default_tz).utcoffset(naive) or timedelta(0)
+        offset = local_tz.utcoffset(naive) or timedelta(0)
     return f"{day}T{clock}{_format_offset(offset)}"
 
 
