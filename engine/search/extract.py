@@ -103,7 +103,15 @@ def _token_values(items: Iterable[Item]) -> list[tuple[str, str, str | None]]:
         if kind is str:
             found.append(("", node, None))
         elif kind is dict:
-            found += _complex_tokens(node, fhir_type or _token_shape(node))
+            shape = fhir_type or _token_shape(node)
+            if shape == "CodeableConcept":
+                codings = node.get("coding")
+                if type(codings) is list:
+                    for coding in codings:
+                        if type(coding) is dict:
+                            found.append(_coding(coding))
+            else:
+                found += _complex_tokens(node, shape)
         elif kind is bool:
             found.append(("", "true" if node else "false", None))
         elif kind is int:
@@ -112,9 +120,7 @@ def _token_values(items: Iterable[Item]) -> list[tuple[str, str, str | None]]:
 
 
 def _complex_tokens(node: Mapping[str, Any], shape: str | None) -> list[tuple[str, str, str | None]]:
-    if shape == "CodeableConcept":
-        codings = node.get("coding")
-        return [_coding(c) for c in codings if type(c) is dict] if type(codings) is list else []
+    """Tokens of a Coding, Identifier or ContactPoint (_token_values reads CodeableConcepts itself)."""
     if shape == "Coding":
         return [_coding(node)]
     if shape == "Identifier":
@@ -126,8 +132,12 @@ def _complex_tokens(node: Mapping[str, Any], shape: str | None) -> list[tuple[st
 
 
 def _coding(coding: Mapping[str, Any]) -> tuple[str, str, str | None]:
-    display = coding.get("display")
-    return _text(coding.get("system")), _text(coding.get("code")), display if type(display) is str else None
+    system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
+    return (
+        system if type(system) is str else "",
+        code if type(code) is str else "",
+        display if type(display) is str else None,
+    )
 
 
 def _token_shape(node: Mapping[str, Any]) -> str | None:
@@ -255,8 +265,12 @@ def _uri_values(items: Iterable[Item]) -> list[str]:
 
 
 def _unique(values: list[_T]) -> Iterable[_T]:
-    """`values` in order without repeats (most parameters find a single value, which needs no dict)."""
-    return values if len(values) < 2 else dict.fromkeys(values)
+    """`values` in order without repeats (most parameters find one or two values, which need no dict)."""
+    if len(values) < 2:
+        return values
+    if len(values) == 2:
+        return values if values[0] != values[1] else values[:1]
+    return dict.fromkeys(values)
 
 
 def _strings(param: str, items: Collection[Item]) -> list[Row]:
@@ -264,16 +278,16 @@ def _strings(param: str, items: Collection[Item]) -> list[Row]:
 
 
 def _tokens(param: str, items: Collection[Item]) -> list[Row]:
-    return [
-        {
-            "param": param,
-            "system": system[:MAX_STRING],
-            "code": code[:MAX_STRING],
-            "display": display[:MAX_STRING] if display else None,
-        }
-        for system, code, display in _unique(_token_values(items))
-        if code
-    ]
+    rows: list[Row] = []
+    for system, code, display in _unique(_token_values(items)):
+        if code:
+            rows.append({
+                "param": param,
+                "system": system[:MAX_STRING],
+                "code": code[:MAX_STRING],
+                "display": display[:MAX_STRING] if display else None,
+            })
+    return rows
 
 
 def _dates(param: str, items: Collection[Item]) -> list[Row]:
