@@ -117,11 +117,12 @@ async def issue_discharge_document(
 async def issue_discharge_changes(
     conn: AsyncConnection, encounter_id: str, doc_type: str, *, now: datetime, base_url: str | None = None,
     document_id: str | None = None, reader: StoreReader | None = None, write: bool = False,
-    currents: Mapping[tuple[str, str], Current] | None = None,
+    currents: Mapping[tuple[str, str], Current | None] | None = None,
 ) -> tuple[IssuedDocument, list[Change]]:
     """`issue_discharge_document`, with the writes returned as changes instead of written unless `write`:
     the caller may write them together with its own (the discharge hook writes the Tasks with them).
-    `currents` may hold the stored DocumentReference (`engine.ingest.apply.read_current`), read already."""
+    `currents` may hold the stored DocumentReference (`engine.ingest.apply.read_current`), read already
+    (None: read, and not stored)."""
     definition = definition_for(doc_type)
     bundle = await _built(reader or StoreReader(conn), definition, encounter_id, who=None, now=now,
                           base_url=base_url or _configured_base_url(), document_id=document_id)

@@ -130,9 +130,10 @@ async def _transfer_changes(reader: StoreReader, encounter_id: str, hospital: rx
         return None
     receivers = await _receivers(reader, patient, encounter, hospital, config)
     # The stored Tasks (a re-sent discharge has them) and DocumentReference, in one query.
-    stored = await reader.stored([*(("Task", task_id(encounter_id, r)) for r in receivers),
-                                  ("DocumentReference", reference_id_for(encounter_id, config.document_type))])
-    document, changes = await _issue_document(reader, encounter_id, config, issuer, now, stored)
+    reference_key = ("DocumentReference", reference_id_for(encounter_id, config.document_type))
+    stored = await reader.stored([*(("Task", task_id(encounter_id, r)) for r in receivers), reference_key])
+    document, changes = await _issue_document(reader, encounter_id, config, issuer, now,
+                                              {reference_key: stored.get(reference_key)})
     tasks = [build_task(encounter_id=encounter_id, patient_id=patient_id, receiver=receiver, requester=hospital,
                         document=document, now=now) for receiver in receivers]
     # A re-sent discharge finds its Tasks: the transfer exists, and may have moved on. Two receivers with one
@@ -176,7 +177,8 @@ def definition_types(doc_type: str) -> tuple[str, ...]:
 
 async def _issue_document(reader: StoreReader, encounter_id: str, config: TransfersConfig,
                           issuer: DocumentIssuer | None, now: datetime,
-                          currents: Mapping[tuple[str, str], Current]) -> tuple[DocumentRefs | None, list[Change]]:
+                          currents: Mapping[tuple[str, str], Current | None]
+                          ) -> tuple[DocumentRefs | None, list[Change]]:
     """The discharge document. engine.documents' own issuer is asked for its writes as changes, for the
     caller to write together with the Tasks (`issue_discharge_changes`, sharing `reader`); any other
     issuer (a stand-in) writes its own."""
