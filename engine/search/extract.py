@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from consent.relationships import relationships_from
@@ -42,6 +43,7 @@ _QUANTITY_TYPES = frozenset(
 )
 _CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
 _T = TypeVar("_T")
+_CACHE_SIZE = 4096  # recent texts remembered (names and addresses recur across a patient's resources)
 
 
 # --- strings: https://hl7.org/fhir/R4/search.html#string -----------------------------------------
@@ -82,14 +84,11 @@ def _parts(node: Mapping[str, Any], single: tuple[str, ...], repeated: tuple[str
     return parts
 
 
-def _string_values(items: Iterable[Item]) -> list[tuple[str, str]]:
-    """(folded, exact) for each text that folds to something."""
-    found: list[tuple[str, str]] = []
-    for text in _string_texts(items):
-        value = normalise_string(text)
-        if value:
-            found.append((value, text[:MAX_STRING]))
-    return found
+@lru_cache(maxsize=_CACHE_SIZE)
+def _string_value(text: str) -> tuple[str, str] | None:
+    """(folded, exact) of a text, None when it folds to nothing."""
+    value = normalise_string(text)
+    return (value, text[:MAX_STRING]) if value else None
 
 
 # --- tokens: https://hl7.org/fhir/R4/search.html#token -------------------------------------------
@@ -193,7 +192,7 @@ def _date_range(value: Any) -> tuple[datetime, datetime] | None:
 
 def _reference_values(items: Iterable[Item]) -> list[tuple[str | None, str | None, str | None]]:
     """(target_type, target_id, url) for literal references and for canonical/uri values."""
-    found: list[tuple[str | None, str | None, str | None]] = []
+    found: list[tuple[str | None, str | None, str | None]] = []  # ReferenceTargets among them
     for node, fhir_type in items:
         if type(node) is dict:
             if fhir_type is None or fhir_type == "Reference":
@@ -210,13 +209,12 @@ def _literal(reference: Mapping[str, Any]) -> tuple[str | None, str | None, str 
     if type(literal) is not str:
         return None  # identifier- or display-only references are not indexed
     target = parse_reference(literal)
-    if target is None:
-        return None
+    if target is None or target.target_type is not None:
+        return target
     declared = reference.get("type")
-    target_type = target.target_type
-    if target_type is None and type(declared) is str and declared:
-        target_type = declared.rsplit("/", 1)[-1]
-    return target_type, target.target_id, target.url
+    if type(declared) is str and declared:
+        return declared.rsplit("/", 1)[-1], target.target_id, target.url
+    return target
 
 
 # --- quantities and numbers: https://hl7.org/fhir/R4/search.html#quantity ------------------------
@@ -274,7 +272,15 @@ def _unique(values: list[_T]) -> Iterable[_T]:
 
 
 def _strings(param: str, items: Collection[Item]) -> list[Row]:
-    return [{"param": param, "value": v, "exact": e} for v, e in _unique(_string_values(items))]
+    found: list[tuple[str, str]] = []
+    for text in _string_texts(items):
+        value = _string_value(text)
+        if value is not None:
+            found.append(value)
+    rows: list[Row] = []
+    for value, exact in _unique(found):
+        rows.append({"param": param, "value": value, "exact": exact})
+    return rows
 
 
 def _tokens(param: str, items: Collection[Item]) -> list[Row]:
@@ -291,12 +297,17 @@ def _tokens(param: str, items: Collection[Item]) -> list[Row]:
 
 
 def _dates(param: str, items: Collection[Item]) -> list[Row]:
-    return [{"param": param, "low": low, "high": high} for low, high in _unique(_date_values(items))]
+    rows: list[Row] = []
+    for low, high in _unique(_date_values(items)):
+        rows.append({"param": param, "low": low, "high": high})
+    return rows
 
 
 def _references(param: str, items: Collection[Item]) -> list[Row]:
-    rows = _unique(_reference_values(items))
-    return [{"param": param, "target_type": t, "target_id": i, "url": u} for t, i, u in rows]
+    rows: list[Row] = []
+    for target_type, target_id, url in _unique(_reference_values(items)):
+        rows.append({"param": param, "target_type": target_type, "target_id": target_id, "url": url})
+    return rows
 
 
 def _quantities(param: str, items: Collection[Item]) -> list[Row]:
@@ -337,27 +348,38 @@ class _Extractor:
     evaluate: Evaluate
     rows: Callable[[str, Collection[Item]], list[Row]]
     root_keys: frozenset[str] | None
+    second_keys: frozenset[str] | None
+
+    def may_find(self, resource: Mapping[str, Any]) -> bool:
+        """Whether the expression can find something in `resource`, judged by its keys (CompiledExpression
+        `root_keys` and `second_keys`)."""
+        if self.root_keys is None:
+            return True
+        if not any(key in resource for key in self.root_keys):
+            return False
+        if self.second_keys is None:
+            return True
+        (key,) = self.root_keys
+        element = resource[key]
+        return type(element) is not dict or any(k in element for k in self.second_keys)
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """The extractors of one resource type, ordered, with those to try for each top-level key."""
+    """The extractors of one resource type, ordered, and those worth running on a resource."""
 
     extractors: tuple[_Extractor, ...]
-    always: tuple[int, ...]
-    by_key: Mapping[str, tuple[int, ...]]
+    # Top-level elements whose own keys decide whether some extractor may find something (`meta`).
+    nested: tuple[str, ...]
     # Resources of one type from one source share their key sets: remember the choice per key tuple.
-    chosen: dict[tuple[str, ...], tuple[_Extractor, ...]] = field(default_factory=dict)
+    chosen: dict[tuple[Any, ...], tuple[_Extractor, ...]] = field(default_factory=dict)
 
     def applicable(self, resource: Mapping[str, Any]) -> tuple[_Extractor, ...]:
-        """The extractors that can find something in `resource`, judged by its top-level keys."""
-        keys = tuple(resource)
+        """The extractors that can find something in `resource`, judged by its keys."""
+        keys = (*resource, *(tuple(e) if type(e := resource.get(k)) is dict else None for k in self.nested))
         found = self.chosen.get(keys)
         if found is None:
-            indexes = set(self.always)
-            for key in keys:
-                indexes.update(self.by_key.get(key, ()))
-            found = tuple(self.extractors[i] for i in sorted(indexes))
+            found = tuple(extractor for extractor in self.extractors if extractor.may_find(resource))
             if len(self.chosen) >= _PLAN_CACHE_SIZE:
                 self.chosen.clear()
             self.chosen[keys] = found
@@ -378,23 +400,17 @@ def _extractors(params: Mapping[str, SearchParam]) -> list[_Extractor]:
             continue
         last_of_kind[param.type] = len(extractors)
         evaluator = param.evaluator
-        extractors.append(
-            _Extractor((code,), param.type, param.expression, evaluator.evaluate, _ROWS[param.type],
-                       evaluator.root_keys)
-        )
+        extractors.append(_Extractor(
+            (code,), param.type, param.expression, evaluator.evaluate, _ROWS[param.type], evaluator.root_keys,
+            evaluator.second_keys,
+        ))
     return extractors
 
 
 def _plan(params: Mapping[str, SearchParam]) -> _Plan:
     extractors = _extractors(params)
-    always: list[int] = []
-    by_key: dict[str, list[int]] = {}
-    for i, extractor in enumerate(extractors):
-        if extractor.root_keys is None:
-            always.append(i)
-        for key in extractor.root_keys or ():
-            by_key.setdefault(key, []).append(i)
-    return _Plan(tuple(extractors), tuple(always), {k: tuple(v) for k, v in by_key.items()})
+    nested = {key for e in extractors if e.second_keys is not None for key in e.root_keys or ()}
+    return _Plan(tuple(extractors), tuple(sorted(nested)))
 
 
 _PLANS: Mapping[str, _Plan] = {t: _plan(params_for(t)) for t in SUPPORTED_TYPES}

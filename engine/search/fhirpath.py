@@ -326,14 +326,17 @@ class CompiledExpression:
 
     `root_keys`: the top-level JSON keys of which at least one must be present for a non-empty result
     (None when the result may be non-empty regardless, e.g. `exists()`); callers use it to skip
-    expressions cheaply. `evaluate` is the compiled closure itself, for callers that have checked the
-    resource's type: it takes the collection `[(resource, resource_type)]`.
+    expressions cheaply. `second_keys` narrows that for a path through one top-level element
+    (`Observation.meta.profile`): when that element is an object, it must hold one of these keys (None
+    when there is no such condition). `evaluate` is the compiled closure itself, for callers that have
+    checked the resource's type: it takes the collection `[(resource, resource_type)]`.
     """
 
     expression: str
     resource_type: str
     root_keys: frozenset[str] | None
     evaluate: Evaluate
+    second_keys: frozenset[str] | None = None
 
     def __call__(self, resource: Mapping[str, Any]) -> Collection:
         if resource.get("resourceType") != self.resource_type:
@@ -350,7 +353,16 @@ def compile_expression(expression: str, resource_type: str, lookup: ElementLooku
     """
     compiler = _Compiler(resource_type, lookup)
     compiled = compiler.compile(parse(expression), _Static(resource_type, (resource_type,), is_root=True))
-    return CompiledExpression(expression, resource_type, compiled.root_keys, compiled.fn)
+    return CompiledExpression(
+        expression, resource_type, compiled.root_keys, compiled.fn, _second_keys(compiled)
+    )
+
+
+def _second_keys(compiled: _Compiled) -> frozenset[str] | None:
+    steps = compiled.steps
+    if not compiled.rooted or steps is None or len(steps) < 2 or len(steps[0]) != 1:
+        return None
+    return frozenset(key for key, _ in steps[1])
 
 
 def json_suffix(fhir_type: str) -> str:
