@@ -441,18 +441,33 @@ def extract_index(resource: Mapping[str, Any]) -> dict[str, list[Row]]:
         table += found
         for code in extractor.codes[1:]:
             table += [{**row, "param": code} for row in found]
-    rows["relationship"] = relationship_rows(resource)
+    patient = _compartment_from_rows(resource, rows["reference"])
+    rows["relationship"] = _relationship_rows(resource, patient)
     return rows
 
 
 def relationship_rows(resource: Mapping[str, Any]) -> list[Row]:
     """Care relationships `resource` establishes (`consent.relationships`), as rows of
     care_relationships {param (the kind), patient_id, org, low, high} in naive UTC."""
-    patient = patient_compartment(resource)
+    return _relationship_rows(resource, patient_compartment(resource))
+
+
+def _relationship_rows(resource: Mapping[str, Any], patient: str | None) -> list[Row]:
     return [{"param": r.kind, "patient_id": r.patient_id, "org": r.org, "low": r.start and naive_utc(r.start),
              "high": r.end and naive_utc(r.end)} for r in relationships_from(resource, patient) if r.patient_id]
 
 
+def _compartment_from_rows(resource: Mapping[str, Any], reference_rows: list[Row]) -> str | None:
+    """patient_compartment(resource) read from the reference rows extract_index has just built: a
+    relative reference to a Patient is exactly a row with that target type, an id and no URL."""
+    if resource.get("resourceType") == "Patient":
+        return patient_compartment(resource)
+    for code in _COMPARTMENT_PARAMS:
+        for row in reference_rows:
+            if (row["param"] == code and row["target_type"] == "Patient" and row["target_id"] is not None
+                    and row["url"] is None):
+                return row["target_id"]
+    return None
 
 
 def patient_compartment(resource: Mapping[str, Any], local_bases: Collection[str] = ()) -> str | None:
