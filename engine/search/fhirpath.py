@@ -457,15 +457,23 @@ class _Compiler:
         if call.name == "where":
             if len(call.args) != 1:
                 raise UnsupportedExpression("where() takes one criterion")
-            target = _resolved_type(call.args[0])
-            where = _references_to(target) if target else _where(self.compile(call.args[0], base.static).fn)
-            return _Compiled(_chain(base.fn, where), base.static, base.root_keys)
+            return _Compiled(_chain(base.fn, self._where(call.args[0], base)), base.static, base.root_keys)
         if call.args:
             raise UnsupportedExpression(f"{call.name}() with arguments is not supported")
         if call.name == "exists":
             fn = base.fn
             return _Compiled(lambda coll: [(bool(fn(coll)), "boolean")], _BOOLEAN, None)
         return _Compiled(_chain(base.fn, _resolve), _Static(None, None), base.root_keys)
+
+    def _where(self, criterion: Node, base: _Compiled) -> Evaluate:
+        """The filter of `where(criterion)`, in one step for the usual criteria of search parameters:
+        `resolve() is T` and `path = 'literal'`."""
+        target = _resolved_type(criterion)
+        if target is not None:
+            return _references_to(target)
+        if isinstance(criterion, Compare) and criterion.op == "=" and isinstance(criterion.right, Literal):
+            return _where_equal(self.compile(criterion.left, base.static).fn, criterion.right.value)
+        return _where(self.compile(criterion, base.static).fn)
 
     def _union(self, node: Union, static: _Static) -> _Compiled:
         left, right = self.compile(node.left, static), self.compile(node.right, static)
@@ -639,6 +647,20 @@ def _references_to(type_name: str) -> Evaluate:
 
     def where(coll: Collection) -> Collection:
         return [item for item in coll if type_matches(reference_type(item[0]), type_name)]
+
+    return where
+
+
+def _where_equal(member: Evaluate, value: Any) -> Evaluate:
+    """`where(path = literal)` in one step: the items whose `path` is that one value (as _compare)."""
+
+    def where(coll: Collection) -> Collection:
+        out: Collection = []
+        for item in coll:
+            found = member([item])
+            if len(found) == 1 and _equal(found[0][0], value):
+                out.append(item)
+        return out
 
     return where
 
