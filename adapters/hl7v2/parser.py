@@ -147,12 +147,15 @@ def _escape_sequence(seq: str, enc: Encoding) -> str | None:
 class Field:
     """One repetition of a field: components of subcomponents, decoded."""
 
-    __slots__ = ("_components", "_enc", "raw")
+    __slots__ = ("_components", "_enc", "_values", "raw")
 
     def __init__(self, raw: str, encoding: Encoding = DEFAULT_ENCODING) -> None:
         self.raw = raw
         self._enc = encoding
+        # Both split on first use: `_values` (each component's first subcomponent) is what maps read
+        # almost always, and is cheaper to build than the full `_components`.
         self._components: tuple[tuple[str, ...], ...] | None = None
+        self._values: list[str] | None = None
 
     @property
     def components(self) -> tuple[tuple[str, ...], ...]:
@@ -164,6 +167,8 @@ class Field:
 
     def subcomponent(self, i: int, j: int) -> str:
         """Component `i`, subcomponent `j` (1-based), decoded; "" if absent."""
+        if j == 1:
+            return self.component(i)
         comps = self.components
         if 0 < i <= len(comps):
             subs = comps[i - 1]
@@ -173,9 +178,10 @@ class Field:
 
     def component(self, i: int) -> str:
         """Component `i` (1-based): its first subcomponent, decoded; "" if absent."""
-        comps = self.components
-        # Splitting always yields at least one subcomponent, so [0] exists.
-        return comps[i - 1][0] if 0 < i <= len(comps) else ""
+        values = self._values
+        if values is None:
+            values = self._values = _first_subcomponents(self.raw, self._enc)
+        return values[i - 1] if 0 < i <= len(values) else ""
 
     @property
     def text(self) -> str:
@@ -208,9 +214,19 @@ def _split_components(raw: str, enc: Encoding) -> tuple[tuple[str, ...], ...]:
     components = raw.split(enc.component)
     if enc.subcomponent not in raw:
         if not enc.escape or enc.escape not in raw:
-            return tuple((c,) for c in components)
-        return tuple((enc.unescape(c),) for c in components)
-    return tuple(tuple(enc.unescape(s) for s in c.split(enc.subcomponent)) for c in components)
+            return tuple([(c,) for c in components])
+        return tuple([(enc.unescape(c),) for c in components])
+    return tuple([tuple([enc.unescape(s) for s in c.split(enc.subcomponent)]) for c in components])
+
+
+def _first_subcomponents(raw: str, enc: Encoding) -> list[str]:
+    """Each component's first subcomponent, decoded: `Field.component` without the tuples of `components`."""
+    values = raw.split(enc.component)
+    if enc.subcomponent in raw:
+        values = [v.split(enc.subcomponent, 1)[0] for v in values]
+    if enc.escape and enc.escape in raw:
+        values = [enc.unescape(v) for v in values]
+    return values
 
 
 _EMPTY_FIELD = Field("")
@@ -268,7 +284,9 @@ class Segment:
         enc = self.encoding
         if self.name in _HEADERS and field <= 2:
             return (Field(raw, _LITERAL),)
-        return tuple(Field(r, enc) for r in raw.split(enc.repetition))
+        if enc.repetition not in raw:  # most fields
+            return (Field(raw, enc),)
+        return tuple([Field(r, enc) for r in raw.split(enc.repetition)])
 
     def _cached_repetitions(self, field: int) -> tuple[Field, ...]:
         found = self._repetitions.get(field)
