@@ -33,10 +33,13 @@ def apply_labels(document: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
     """`document` with `sensitivity_labels` merged into `meta.security`: existing labels kept in their
     order, new ones appended in sorted order, nothing added twice (idempotent). A new dict; the input is
     never changed (its nested parts are shared, and only `meta` is rebuilt when a label is added)."""
+    labels = sensitivity_labels(document, policy)
+    if not labels:
+        return dict(document)
     meta = document.get("meta") if isinstance(document.get("meta"), Mapping) else {}
     security = list(meta.get("security") or [])
     present = {(c.get("system"), c.get("code")) for c in security if isinstance(c, Mapping)}
-    additions = [c for c in sensitivity_labels(document, policy) if (c["system"], c["code"]) not in present]
+    additions = [c for c in labels if (c["system"], c["code"]) not in present]
     if not additions:
         return dict(document)
     return {**document, "meta": {**meta, "security": security + additions}}
