@@ -13,15 +13,11 @@ import uuid
 NAMESPACE = uuid.UUID("6f1c7a2e-3b0d-5c4e-9a8f-2d1e0b7c6a51")
 
 
+# The same organisations, clinicians, wards and code systems recur in message after message.
+@functools.lru_cache(maxsize=65536)
 def resource_id(resource_type: str, *parts: str) -> str:
     """`resource_id("Encounter", "RR8", "V123")` → a stable uuid string for that Encounter."""
-    return _uuid5("|".join([resource_type, *(p.strip() for p in parts)]))
-
-
-@functools.lru_cache(maxsize=65536)
-def _uuid5(key: str) -> str:
-    # The same organisations, clinicians, wards and code systems recur in message after message.
-    return uuid5_text(NAMESPACE, key)
+    return uuid5_text(NAMESPACE, "|".join([resource_type, *(p.strip() for p in parts)]))
 
 
 def uuid5_text(namespace: uuid.UUID, name: str) -> str:
