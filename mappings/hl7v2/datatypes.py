@@ -361,6 +361,7 @@ def dr_period(f: FieldLike | None, start: int = 1, end: int = 2) -> JSON | None:
 # Coded values: CWE / CE / CNE / ID / IS
 
 
+@functools.lru_cache(maxsize=1024)  # a feed names the same few coding systems in every message
 def coding_system_uri(name: str) -> str | None:
     """The FHIR system URI for a v2 coding-system name (HL7 table 0396), e.g. "SCT" → SNOMED CT.
 
@@ -870,8 +871,11 @@ def finish_resource(resource: JSON, resource_id: str, labels: Iterable[SecurityL
 
 
 def reference(resource_type: str, resource_id: str, display: str | None = None) -> JSON:
-    """A literal reference `Type/id`."""
-    return prune({"reference": f"{resource_type}/{resource_id}", "display": display})
+    """A literal reference `Type/id`, with its display when there is one."""
+    literal: JSON = {"reference": f"{resource_type}/{resource_id}"}
+    if display:
+        literal["display"] = display
+    return literal
 
 
 def organization_resource(ods_code: str, name: str | None, labels: Iterable[SecurityLabel] = ()) -> JSON:
@@ -945,8 +949,8 @@ def apply_field_maps(segment: SegmentLike | None, table: Iterable[FieldMap], res
     if segment is None:
         return resource
     for row in table:
-        values = [v for v in (row.convert(rep) for rep in segment.repetitions(row.field) if not rep.is_null)
-                  if v not in (None, "", [], {})]
+        values = [value for rep in segment.repetitions(row.field) if not rep.is_null
+                  if (value := row.convert(rep)) not in (None, "", [], {})]
         if not values:
             continue
         if row.repeats:

@@ -267,7 +267,9 @@ def locations(pv1: Segment, status: str, trigger: str, sender: SenderConfig) -> 
     entries: list[JSON] = []
     patient_class = comp(pv1.field(2), 1).upper()
     for field_no, default in LOCATION_FIELDS:
-        location = location_resource(pv1.field(field_no), sender) if location_applies(field_no, trigger) else None
+        if not pv1.is_present(field_no) or not location_applies(field_no, trigger):
+            continue
+        location = location_resource(pv1.field(field_no), sender)
         if location is None:
             continue
         if location["id"] not in {r["id"] for r in resources}:
