@@ -24,6 +24,7 @@ from engine.search.fhirpath import Evaluate, Item
 from engine.search.normalise import (
     MAX_STRING,
     MAX_URL,
+    ReferenceTarget,
     naive_utc,
     normalise_string,
     parse_fhir_date_range,
@@ -109,6 +110,9 @@ def _token_values(items: Iterable[Item]) -> list[tuple[str, str, str | None]]:
                     for coding in codings:
                         if type(coding) is dict:
                             found.append(_coding(coding))
+            elif shape == "Identifier":
+                system, value = node.get("system"), node.get("value")
+                found.append((_text(system), _text(value), None))
             else:
                 found += _complex_tokens(node, shape)
         elif kind is bool:
@@ -119,11 +123,9 @@ def _token_values(items: Iterable[Item]) -> list[tuple[str, str, str | None]]:
 
 
 def _complex_tokens(node: Mapping[str, Any], shape: str | None) -> list[tuple[str, str, str | None]]:
-    """Tokens of a Coding, Identifier or ContactPoint (_token_values reads CodeableConcepts itself)."""
+    """Tokens of a Coding or ContactPoint (_token_values reads CodeableConcepts and Identifiers itself)."""
     if shape == "Coding":
         return [_coding(node)]
-    if shape == "Identifier":
-        return [(_text(node.get("system")), _text(node.get("value")), None)]
     if shape == "ContactPoint":
         # The ContactPoint's own system (phone, email…) is not a token system.
         return [("", _text(node.get("value")), None)]
@@ -195,22 +197,21 @@ def _reference_values(items: Iterable[Item]) -> list[tuple[str | None, str | Non
     found: list[tuple[str | None, str | None, str | None]] = []  # ReferenceTargets among them
     for node, fhir_type in items:
         if type(node) is dict:
-            if fhir_type is None or fhir_type == "Reference":
-                row = _literal(node)
-                if row is not None:
-                    found.append(row)
+            literal = node.get("reference")
+            # Identifier- or display-only references are not indexed.
+            if type(literal) is str and (fhir_type is None or fhir_type == "Reference"):
+                target = parse_reference(literal)
+                if target is not None:
+                    found.append(target if target.target_type is not None else _declared(target, node))
         elif type(node) is str and node:
             found.append((None, None, node[:MAX_URL]))
     return found
 
 
-def _literal(reference: Mapping[str, Any]) -> tuple[str | None, str | None, str | None] | None:
-    literal = reference.get("reference")
-    if type(literal) is not str:
-        return None  # identifier- or display-only references are not indexed
-    target = parse_reference(literal)
-    if target is None or target.target_type is not None:
-        return target
+def _declared(
+    target: ReferenceTarget, reference: Mapping[str, Any]
+) -> tuple[str | None, str | None, str | None]:
+    """A target whose literal does not name its type (urn:uuid:…), typed by `Reference.type` if given."""
     declared = reference.get("type")
     if type(declared) is str and declared:
         return declared.rsplit("/", 1)[-1], target.target_id, target.url
