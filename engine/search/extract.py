@@ -495,7 +495,7 @@ def patient_compartment(resource: Mapping[str, Any], local_bases: Collection[str
 def _compartment_evaluators(resource_type: str) -> tuple[Evaluate, ...]:
     params = params_for(resource_type)
     found = (params.get(code) for code in _COMPARTMENT_PARAMS)
-    return tuple(param.evaluator.evaluate for param in found if param is not None and param.type == "reference")
+    return tuple(p.evaluator.evaluate for p in found if p is not None and p.type == "reference")
 
 
 _COMPARTMENT_EVALUATORS: Mapping[str, tuple[Evaluate, ...]] = {
