@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 from consent.vocabulary import ODS_SITE_SYSTEM, ODS_SYSTEM
@@ -53,8 +54,17 @@ def _interval_start(match: re.Match[str]) -> tuple[datetime, str]:
         return datetime(year, month, day, tzinfo=UTC), step
     parsed = datetime.fromisoformat(f"{match['year']}-{match['month']}-{match['day']}T{match['time']}")
     offset = match["tz"] or "Z"
-    zone = UTC if offset == "Z" else datetime.strptime(offset.replace(":", ""), "%z").tzinfo
-    return parsed.replace(tzinfo=zone).astimezone(UTC), "instant"
+    return parsed.replace(tzinfo=UTC if offset == "Z" else _zone(offset)).astimezone(UTC), "instant"
+
+
+@lru_cache(maxsize=64)
+def _zone(offset: str) -> timezone:
+    """The fixed zone of a `±hh:mm` offset (ValueError for minutes over 59 or a day or more)."""
+    hours, minutes = int(offset[1:3]), int(offset[4:6])
+    if minutes > 59:
+        raise ValueError(f"bad offset {offset}")
+    sign = -1 if offset[0] == "-" else 1
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
 
 def _last_instant(start: datetime, step: str) -> datetime:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consent.fhir_values import organisation_key, parse_fhir_datetime
 from consent.model import Actor, ConsentError, Provision, ResourceFacts, parse_consent
@@ -31,6 +33,16 @@ from tests.consent.builders import consent_fixture, fixture
 )
 def test_fhir_date_times_become_utc_instants(text: str | None, upper: bool, expected: datetime | None) -> None:
     assert parse_fhir_datetime(text, upper=upper) == expected
+
+
+@given(sign=st.sampled_from("+-"), hours=st.integers(0, 99), minutes=st.integers(0, 99))
+def test_an_offset_is_read_as_python_reads_it(sign: str, hours: int, minutes: int) -> None:
+    text = f"2025-04-28T10:05:00{sign}{hours:02d}:{minutes:02d}"
+    try:
+        expected = datetime.fromisoformat(text).astimezone(UTC) if minutes < 60 else None
+    except ValueError:  # a day or more
+        expected = None
+    assert parse_fhir_datetime(text) == expected
 
 
 @pytest.mark.parametrize(
