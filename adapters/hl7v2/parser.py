@@ -169,6 +169,8 @@ class Field:
         """Component `i`, subcomponent `j` (1-based), decoded; "" if absent."""
         if j == 1:
             return self.component(i)
+        if self._enc.subcomponent not in self.raw:
+            return ""  # every component is a single subcomponent
         comps = self.components
         if 0 < i <= len(comps):
             subs = comps[i - 1]
@@ -278,7 +280,8 @@ class Segment:
         return list(self._cached_repetitions(field))
 
     def _split(self, field: int) -> tuple[Field, ...]:
-        raw = self.raw_field(field)
+        parts = self._fields()
+        raw = parts[field] if 0 < field < len(parts) else ""
         if not raw:
             return ()
         enc = self.encoding
@@ -370,7 +373,8 @@ class Message:
         return self.segments[0]
 
     def _msh(self, field: int, component: int = 1) -> str:
-        return self.segments[0].value(field, component)
+        # The same as `.value(field, component)`, from the header fields split once (each is read often).
+        return self.segments[0].field(field).component(component)
 
     @property
     def message_code(self) -> str:
