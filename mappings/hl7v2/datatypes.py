@@ -274,12 +274,18 @@ def parse_v2_datetime(text: str | None, default_tz: tzinfo | None = None) -> dat
     >>> parse_v2_datetime("not a date") is None
     True
     """
+    return _utc_datetime(text, _local(default_tz))
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_datetime(text: str | None, local_tz: tzinfo) -> datetime | None:
+    """`parse_v2_datetime` with the time zone for a time without an offset already chosen."""
     v = parse_v2_dtm(text)
     if v is None:
         return None
     micro = int((v.fraction or "0")[:6].ljust(6, "0"))
     naive = datetime(v.year, v.month or 1, v.day or 1, v.hour or 0, v.minute or 0, v.second or 0, micro)
-    tz: tzinfo = timezone(v.offset) if v.offset is not None else _local(default_tz)
+    tz: tzinfo = timezone(v.offset) if v.offset is not None else local_tz
     try:
         return naive.replace(tzinfo=tz).astimezone(UTC)
     except (OverflowError, ValueError):  # year 1 with a positive offset, year 9999 with a negative one

@@ -121,13 +121,13 @@ def classify_identifiers(reps: list[tuple[int, int, FieldLike]], sender: SenderC
             local.append(mrn_identifier(cx, sender))
             continue
         number = normalise_nhs_number(value)
-        where = ErrorLocation(segment, sequence, field_no, rep)
         if not nhs_number_is_valid(number):
             raise MappingError(DATA_TYPE_ERROR, f"{segment}-{field_no} repetition {rep}: NHS number "
-                               f"{mask(number)} fails the modulus 11 check digit", where)
+                               f"{mask(number)} fails the modulus 11 check digit",
+                               ErrorLocation(segment, sequence, field_no, rep))
         if nhs is not None and nhs != number:
             raise MappingError(DATA_TYPE_ERROR, f"{segment}-{field_no} repetition {rep}: a second, different "
-                               f"NHS number {mask(number)}", where)
+                               f"NHS number {mask(number)}", ErrorLocation(segment, sequence, field_no, rep))
         nhs = number
     return PatientIdentifiers(nhs, nhs_identifier(nhs, verification) if nhs else None, _unique(local))
 
