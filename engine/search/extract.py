@@ -30,7 +30,7 @@ from engine.search.normalise import (
     parse_fhir_date_range,
     parse_reference,
 )
-from engine.search.registry import SUPPORTED_TYPES, SearchParam, params_for
+from engine.search.registry import SUPPORTED_TYPES, SearchParam, narrower_params, params_for
 
 INDEX_KINDS = ("string", "token", "date", "reference", "quantity", "number", "uri", "relationship")
 """The index tables, named by search parameter type (engine.db.schema.INDEX_TABLES)."""
@@ -372,6 +372,9 @@ class _Plan:
     extractors: tuple[_Extractor, ...]
     # Top-level elements whose own keys decide whether some extractor may find something (`meta`).
     nested: tuple[str, ...]
+    # (kind, wider parameter, the narrower ones): rows the narrower ones hold are not kept for the wider
+    # one as well (engine.search.registry.narrower_params).
+    shared: tuple[tuple[str, str, frozenset[str]], ...] = ()
     # Resources of one type from one source share their key sets: remember the choice per key tuple.
     chosen: dict[tuple[Any, ...], tuple[_Extractor, ...]] = field(default_factory=dict)
 
@@ -408,13 +411,16 @@ def _extractors(params: Mapping[str, SearchParam]) -> list[_Extractor]:
     return extractors
 
 
-def _plan(params: Mapping[str, SearchParam]) -> _Plan:
+def _plan(resource_type: str) -> _Plan:
+    params = params_for(resource_type)
     extractors = _extractors(params)
     nested = {key for e in extractors if e.second_keys is not None for key in e.root_keys or ()}
-    return _Plan(tuple(extractors), tuple(sorted(nested)))
+    shared = tuple((params[wide].type, wide, frozenset(narrow))
+                   for wide, narrow in sorted(narrower_params(resource_type).items()))
+    return _Plan(tuple(extractors), tuple(sorted(nested)), shared)
 
 
-_PLANS: Mapping[str, _Plan] = {t: _plan(params_for(t)) for t in SUPPORTED_TYPES}
+_PLANS: Mapping[str, _Plan] = {t: _plan(t) for t in SUPPORTED_TYPES}
 
 
 def extract_index(resource: Mapping[str, Any]) -> dict[str, list[Row]]:
@@ -423,8 +429,10 @@ def extract_index(resource: Mapping[str, Any]) -> dict[str, list[Row]]:
     Every kind is present (possibly empty). Rows carry exactly their table's columns besides
     `res_pk`/`res_type`: string {param, value, exact}; token {param, system, code, display}; date
     {param, low, high}; reference {param, target_type, target_id, url}; quantity {param, system, code,
-    value}; number {param, value}; uri {param, value}. Duplicate rows of one parameter are dropped. A
-    resource of a type that is not supported gives no rows.
+    value}; number {param, value}; uri {param, value}. Duplicate rows of one parameter are dropped, and
+    so are a parameter's rows that a narrower one holds (`subject` rows that are `patient` rows; a search
+    reads both: engine.search.registry.searched_as). A resource of a type that is not supported gives no
+    rows.
     https://hl7.org/fhir/R4/search.html#ptypes
     """
     rows: dict[str, list[Row]] = {kind: [] for kind in INDEX_KINDS}
@@ -442,9 +450,26 @@ def extract_index(resource: Mapping[str, Any]) -> dict[str, list[Row]]:
         table += found
         for code in extractor.codes[1:]:
             table += [{**row, "param": code} for row in found]
+    if plan.shared:
+        _store_shared_rows_once(rows, plan.shared)
     patient = _compartment_from_rows(resource, rows["reference"])
     rows["relationship"] = _relationship_rows(resource, patient)
     return rows
+
+
+def _store_shared_rows_once(rows: dict[str, list[Row]], shared: tuple[tuple[str, str, frozenset[str]], ...]) -> None:
+    """Leave out each wider parameter's rows that a narrower one holds (all decided on the rows as extracted)."""
+    dropped: dict[str, set[tuple[str, tuple[Any, ...]]]] = {}
+    for kind, wide, narrow in shared:
+        held = {_row_values(row) for row in rows[kind] if row["param"] in narrow}
+        dropped.setdefault(kind, set()).update((wide, values) for values in held)
+    for kind, drop in dropped.items():
+        if drop:
+            rows[kind] = [row for row in rows[kind] if (row["param"], _row_values(row)) not in drop]
+
+
+def _row_values(row: Row) -> tuple[Any, ...]:
+    return tuple(value for column, value in row.items() if column != "param")
 
 
 def relationship_rows(resource: Mapping[str, Any]) -> list[Row]:

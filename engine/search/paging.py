@@ -33,6 +33,7 @@ from sqlalchemy import ColumnElement, FromClause, and_, false, func, or_, select
 
 from engine.db.schema import INDEX_TABLES, resources
 from engine.search.params import RESULT_PARAMS, SearchError, SearchRequest, SortKey
+from engine.search.scope import param_rows
 
 _CURSOR_ALPHABET = re.compile(r"[A-Za-z0-9_-]{1,2048}")
 _DATE_KINDS = frozenset({"date", "lastUpdated"})
@@ -165,7 +166,7 @@ def _param_sort_value(resource_type: str, key: SortKey, r: FromClause) -> Column
     aggregate = func.max(column) if key.descending else func.min(column)
     return (
         select(aggregate)
-        .where(table.c.res_pk == r.c.pk, table.c.res_type == resource_type, table.c.param == key.param)
+        .where(table.c.res_pk == r.c.pk, table.c.res_type == resource_type, param_rows(table, resource_type, key.param))
         .correlate(r)
         .scalar_subquery()
     )

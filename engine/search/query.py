@@ -82,6 +82,7 @@ from engine.search.params import (
     TokenMatch,
     UriMatch,
 )
+from engine.search.scope import param_rows
 
 
 class ResourceRow(NamedTuple):
@@ -216,7 +217,7 @@ def _condition(r: FromClause, resource_type: str, c: Condition) -> ColumnElement
     if c.kind == "lastUpdated":
         return _any_of([_date(m, r.c.last_updated, r.c.last_updated, nullable=False) for m in c.matches])  # type: ignore[arg-type]
     table = INDEX_TABLES[c.kind]
-    scope = and_(table.c.res_type == resource_type, table.c.param == c.param)
+    scope = and_(table.c.res_type == resource_type, param_rows(table, resource_type, c.param))
     if c.missing is not None:
         present = exists().where(table.c.res_pk == r.c.pk, scope).correlate(r)
         return not_(present) if c.missing else present
@@ -671,7 +672,7 @@ def _forward(inc: Include, types: tuple[str, ...]) -> list[Select[Any]]:
     stmt = select(target.c.pk).select_from(joined).where(
         ref.c.res_pk.in_(bindparam(f"pks{types.index(inc.source_type)}", expanding=True)),
         ref.c.res_type == inc.source_type,
-        ref.c.param == inc.param if inc.param else true(),
+        param_rows(ref, inc.source_type, inc.param) if inc.param else true(),
         ref.c.target_type == inc.target_type if inc.target_type else true(),
     )
     return [stmt.correlate(None)]
@@ -686,7 +687,7 @@ def _reverse(inc: Include, types: tuple[str, ...]) -> list[Select[Any]]:
         ref = idx_reference
         stmt = select(ref.c.res_pk).where(
             ref.c.res_type == inc.source_type,
-            ref.c.param == inc.param if inc.param else true(),
+            param_rows(ref, inc.source_type, inc.param) if inc.param else true(),
             ref.c.target_type == res_type,
             ref.c.target_id.in_(bindparam(f"ids{i}", expanding=True)),
         )

@@ -9,6 +9,7 @@ answers them from the resources table (https://hl7.org/fhir/R4/search.html#all).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -91,3 +92,92 @@ def get_param(resource_type: str, code: str) -> SearchParam | None:
 def params_for(resource_type: str) -> Mapping[str, SearchParam]:
     """Every indexed search parameter of `resource_type` by code (empty for an unsupported type)."""
     return _PARAMS.get(resource_type, _NONE)
+
+
+# -- parameters whose rows another parameter's rows include -------------------------------------------------
+#
+# Some R4 parameters select part of what another one of the same type selects: Observation's `patient` is
+# `Observation.subject.where(resolve() is Patient)`, part of `subject`; `code` (`Observation.code`) is one
+# alternative of `combo-code` (`Observation.code | Observation.component.code`). Such rows are stored once,
+# under the narrower parameter: the wider one's rows leave out those the narrower one has (engine.search.
+# extract), and a search on the wider one reads the rows of both (`searched_as`). Derived from the
+# expressions, for the row kinds whose rows do not depend on the parameter (not strings: `phonetic`).
+
+_SHARED_KINDS = frozenset({"reference", "token", "quantity"})
+_RESOLVED_AS = re.compile(r"^(?P<path>.+)\.where\(resolve\(\) is [A-Z][A-Za-z]+\)$")
+
+
+def alternatives(expression: str) -> frozenset[str]:
+    """The top-level alternatives of a FHIRPath union (`a | (b as T) | c`), each stripped.
+
+    >>> sorted(alternatives("Observation.code | Observation.component.code"))
+    ['Observation.code', 'Observation.component.code']
+    """
+    parts, depth, quoted, start = [], 0, False, 0
+    for i, char in enumerate(expression):
+        if char == "'":
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            parts.append(expression[start:i].strip())
+            start = i + 1
+    parts.append(expression[start:].strip())
+    return frozenset(parts)
+
+
+def selects_part_of(narrow: SearchParam, wide: SearchParam) -> bool:
+    """Whether every row `narrow` gives a resource is also a row `wide` gives it (and `wide` may give more):
+    each alternative of `narrow` is one of `wide`'s, or one of them restricted to a resource type."""
+    if narrow.code == wide.code or narrow.type != wide.type or narrow.type not in _SHARED_KINDS:
+        return False
+    if ANY_TARGET not in wide.targets and not set(narrow.targets) <= set(wide.targets):
+        return False
+    wide_parts, narrow_parts = alternatives(wide.expression), alternatives(narrow.expression)
+    if narrow_parts == wide_parts:
+        return False  # the same rows: each would leave its rows to the other
+    for part in narrow_parts:
+        resolved = _RESOLVED_AS.match(part)
+        if part not in wide_parts and (resolved is None or resolved["path"] not in wide_parts):
+            return False
+    return True
+
+
+def _narrower(params: Mapping[str, SearchParam]) -> Mapping[str, tuple[str, ...]]:
+    found = {code: tuple(sorted(n for n, narrow in params.items() if selects_part_of(narrow, wide)))
+             for code, wide in params.items()}
+    return MappingProxyType({code: narrow for code, narrow in found.items() if narrow})
+
+
+_NARROWER = MappingProxyType({res_type: _narrower(params) for res_type, params in _PARAMS.items()})
+
+
+def narrower_params(resource_type: str) -> Mapping[str, tuple[str, ...]]:
+    """For each parameter of `resource_type` that has some, the parameters whose rows are part of its own:
+    its rows equal to theirs are not stored (module note above).
+
+    >>> narrower_params("Observation")["subject"]
+    ('patient',)
+    """
+    return _NARROWER.get(resource_type, _NONE)
+
+
+def searched_as(resource_type: str, code: str) -> tuple[str, ...]:
+    """The parameter codes whose rows a search on `code` reads: `code`, and every parameter whose rows
+    are part of its own, and theirs in turn (sorted).
+
+    >>> searched_as("Observation", "combo-code")
+    ('code', 'combo-code', 'component-code')
+    """
+    found, todo = {code}, [code]
+    narrower = narrower_params(resource_type)
+    while todo:
+        for narrow in narrower.get(todo.pop(), ()):
+            if narrow not in found:
+                found.add(narrow)
+                todo.append(narrow)
+    return tuple(sorted(found))

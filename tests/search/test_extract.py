@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from engine.search.extract import INDEX_KINDS, extract_index, patient_compartment
-from engine.search.registry import SUPPORTED_TYPES, get_param, params_for
+from engine.search.registry import (
+    SUPPORTED_TYPES,
+    alternatives,
+    get_param,
+    narrower_params,
+    params_for,
+    searched_as,
+    selects_part_of,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = Path("../shared/reference/fhir/search-parameters-R4B.json")
@@ -66,11 +74,18 @@ HEART_RATE = {
 
 
 def rows(resource: dict[str, Any], kind: str, param: str) -> list[dict[str, Any]]:
+    """The rows a search on `param` reads: its own and those stored once under a narrower parameter."""
+    codes = searched_as(resource["resourceType"], param)
     return [
         {k: v for k, v in row.items() if k != "param"}
         for row in extract_index(resource)[kind]
-        if row["param"] == param
+        if row["param"] in codes
     ]
+
+
+def stored(resource: dict[str, Any], kind: str, param: str) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k != "param"} for row in extract_index(resource)[kind]
+            if row["param"] == param]
 
 
 def values(resource: dict[str, Any], kind: str, param: str, column: str = "value") -> list[Any]:
@@ -306,6 +321,43 @@ def test_condition_onset_choices() -> None:
     assert rows(by_period, "date", "onset-date") == [
         {"low": datetime(2019, 1, 1), "high": datetime(2020, 12, 31, 23, 59, 59, 999999)}
     ]
+
+
+# --- rows stored once under the narrower parameter --------------------------------------------------
+
+
+def test_rows_of_a_narrower_parameter_are_not_stored_again_for_the_wider_one() -> None:
+    observation = {**HEART_RATE, "component": [{"code": {"coding": [{"system": "http://loinc.org",
+                                                                       "code": "8480-6"}]},
+                                                "valueQuantity": {"value": 120, "code": "mm[Hg]"}}]}
+    assert stored(observation, "reference", "subject") == []
+    assert stored(observation, "reference", "patient") == [{"target_type": "Patient", "target_id": "123", "url": None}]
+    assert stored(observation, "token", "combo-code") == []  # code and component-code hold them
+    assert sorted(r["code"] for r in rows(observation, "token", "combo-code")) == ["8480-6", "8867-4"]
+    assert sorted(r["value"] for r in rows(observation, "quantity", "combo-value-quantity")) == [72.0, 120.0]
+    group = {**HEART_RATE, "subject": {"reference": "Group/g1"}}
+    assert stored(group, "reference", "subject") == [{"target_type": "Group", "target_id": "g1", "url": None}]
+    assert stored(group, "reference", "patient") == []
+
+
+def test_narrower_parameters_are_read_from_the_expressions() -> None:
+    assert alternatives("(A.value as Quantity) | A.component.code | A.x.where(system='a|b')") == {
+        "(A.value as Quantity)", "A.component.code", "A.x.where(system='a|b')"}
+    assert narrower_params("Observation")["subject"] == ("patient",)
+    assert narrower_params("Observation")["combo-code"] == ("code", "component-code")
+    assert narrower_params("Encounter")["participant"] == ("practitioner",)
+    assert searched_as("Observation", "patient") == ("patient",)
+    assert searched_as("Observation", "code") == ("code",)
+    assert searched_as("Observation", "subject") == ("patient", "subject")
+    observation = params_for("Observation")
+    assert not selects_part_of(observation["subject"], observation["patient"])  # wider, not narrower
+    assert not selects_part_of(observation["code"], observation["code"])
+    patient = params_for("Patient")
+    assert not selects_part_of(patient["phonetic"], patient["name"])  # strings: rows depend on the parameter
+    for res_type in SUPPORTED_TYPES:
+        for wide, narrow in narrower_params(res_type).items():
+            for code in narrow:  # never both ways: each would leave its rows to the other
+                assert wide not in narrower_params(res_type).get(code, ())
 
 
 # --- references ----------------------------------------------------------------------------------
