@@ -143,6 +143,18 @@ def _or_none(value: JSON) -> JSON | None:
     return pruned or None
 
 
+def compact(elements: JSON) -> JSON:
+    """`elements` without its empty values (None, "", [], {}): what `prune` makes of an object whose values
+    are strings, numbers or already pruned, without walking those again.
+
+    >>> compact({"code": "F32", "display": "", "coding": [], "version": None, "rank": 0})
+    {'code': 'F32', 'rank': 0}
+    """
+    # Only a false value (0 and False are kept) needs the second test.
+    return {key: value for key, value in elements.items()
+            if value or (value is not None and value not in ("", [], {}))}
+
+
 # --------------------------------------------------------------------------------------------------
 # DTM / TS / DT (HL7 v2.5 ch. 2A.22 DTM: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ])
 
@@ -403,7 +415,7 @@ def cwe_coding(f: FieldLike | None, offset: int = 0) -> JSON | None:
     if not code:
         return None
     version = comp(f, 7 + offset // 3)
-    return _or_none({"system": coding_system_uri(system), "version": version, "code": code, "display": display})
+    return compact({"system": coding_system_uri(system), "version": version, "code": code, "display": display})
 
 
 def cwe_codeable_concept(f: FieldLike | None) -> JSON | None:
@@ -418,7 +430,7 @@ def cwe_codeable_concept(f: FieldLike | None) -> JSON | None:
     text = comp(f, 9) or ("" if codings else comp(f, 2) or comp(f, 5))
     if not codings and not text:
         return None
-    return _or_none({"coding": codings, "text": text})
+    return compact({"coding": codings, "text": text})
 
 
 def _third_triplet(f: FieldLike | None) -> JSON | None:
@@ -426,13 +438,14 @@ def _third_triplet(f: FieldLike | None) -> JSON | None:
     code = comp(f, 10)
     if not code:
         return None
-    return _or_none({"system": coding_system_uri(comp(f, 12)), "version": comp(f, 13), "code": code,
-                     "display": comp(f, 11)})
+    return compact({"system": coding_system_uri(comp(f, 12)), "version": comp(f, 13), "code": code,
+                    "display": comp(f, 11)})
 
 
 def code_concept(system: str, code: str, display: str | None = None, text: str | None = None) -> JSON:
     """A CodeableConcept with one coding (for table-mapped values)."""
-    return prune({"coding": [{"system": system, "code": code, "display": display}], "text": text})
+    coding = compact({"system": system, "code": code, "display": display})
+    return compact({"coding": [coding] if coding else [], "text": text})
 
 
 def mapped_concept(f: FieldLike | None, table: Mapping[str, tuple[str, str, str]],
@@ -531,7 +544,7 @@ def _ei_system(f: FieldLike | None) -> str | None:
 
 
 def _v2_0203(code: str, display: str | None = None) -> JSON:
-    return prune({"coding": [{"system": V2_0203, "code": code, "display": display}]})
+    return code_concept(V2_0203, code, display)
 
 
 def identifier_type(code: str) -> JSON:
@@ -581,18 +594,17 @@ def _human_name(f: FieldLike | None, *, family: int, given: int, middle: int, su
     period = {"start": v2_to_fhir_datetime(comp(f, start)), "end": v2_to_fhir_datetime(comp(f, end))}
     if range_ and not period["start"] and not period["end"]:
         period = {"start": v2_to_fhir_datetime(sub(f, range_, 1)), "end": v2_to_fhir_datetime(sub(f, range_, 2))}
-    name = {
+    name = compact({
         "use": table_code(comp(f, use), codes.NAME_USE),
         "family": sub(f, family, 1),
-        "given": given_names,
-        "prefix": [comp(f, prefix)],
-        "suffix": [comp(f, i) for i in suffix],
-        "period": period,
-    }
-    pruned = prune(name)
-    if not any(k in pruned for k in ("family", "given", "prefix", "suffix")):
+        "given": [n for n in given_names if n],
+        "prefix": [p for p in (comp(f, prefix),) if p],
+        "suffix": [s for s in (comp(f, i) for i in suffix) if s],
+        "period": compact(period),
+    })
+    if not any(k in name for k in ("family", "given", "prefix", "suffix")):
         return None
-    return pruned
+    return name
 
 
 def xcn_human_name(f: FieldLike | None) -> JSON | None:
@@ -688,8 +700,8 @@ def xad_address(f: FieldLike | None) -> JSON | None:
                      "postalCode": comp(f, 5), "country": comp(f, 6)})
     if not content:
         return None
-    return prune({"use": codes.ADDRESS_USE.get(kind), "type": codes.ADDRESS_TYPE.get(kind), **content,
-                  "period": period})
+    return compact({"use": codes.ADDRESS_USE.get(kind), "type": codes.ADDRESS_TYPE.get(kind), **content,
+                    "period": compact(period)})
 
 
 _EMAIL_EQUIPMENT = {"INTERNET", "X.400"}
@@ -867,7 +879,9 @@ def security_meta(labels: Iterable[SecurityLabel]) -> JSON | None:
 
 def finish_resource(resource: JSON, resource_id: str, labels: Iterable[SecurityLabel] = ()) -> JSON:
     """`resource` with its id first, empty elements pruned and the security labels in `meta.security`."""
-    body = prune({k: v for k, v in resource.items() if k not in {"resourceType", "id", "meta"}})
+    body = prune(resource)
+    for key in ("resourceType", "id", "meta"):
+        body.pop(key, None)
     out: JSON = {"resourceType": resource["resourceType"], "id": resource_id}
     meta = security_meta(labels)
     if meta:
