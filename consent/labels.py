@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from consent.model import CODE_ELEMENTS, resource_codes
+from consent.fhir_values import codings_of
+from consent.model import CODE_ELEMENTS
 from consent.policy import Policy, normal_coding
 
 
@@ -16,9 +17,11 @@ def sensitivity_labels(document: Mapping[str, Any], policy: Policy) -> list[dict
     """The meta.security codings the policy's sensitive code lists call for (e.g. ICD-10 F32 → v3-ActCode
     PSY), plus the policy's confidentiality label (v3-Confidentiality R) when any applies; sorted by
     (system, code), without duplicates."""
-    if not any(element in document for element in CODE_ELEMENTS):
+    coded = [document[element] for element in CODE_ELEMENTS if element in document]
+    if not coded:
         return []  # nothing coded (a Patient, an Organization…): the common case, answered without a walk
-    codes = {normal_coding(coding, policy) for coding in resource_codes(document)}
+    # `resource_codes(document)`, walking only the code elements the resource has.
+    codes = {normal_coding(coding, policy) for coding in codings_of(coded)}
     found = {
         (code_list.label["system"], code_list.label["code"]): dict(code_list.label)
         for code_list in policy.code_list_index.matching(codes)

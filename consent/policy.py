@@ -71,7 +71,7 @@ class CodeListIndex:
         for system, code in codes:
             found.update(self.exact.get((system, code), ()))
             found.update(position for prefix, position in self.prefixes.get(system, ()) if code.startswith(prefix))
-        return [self.code_lists[position] for position in sorted(found)]
+        return [self.code_lists[position] for position in sorted(found)] if found else []
 
 
 def index_code_lists(code_lists: tuple[CodeList, ...]) -> CodeListIndex:
