@@ -12,7 +12,7 @@ Pure: `(segments, SenderConfig) → PatientMapping` or `MappingError`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import TYPE_CHECKING
 
 from adapters.senders import LOCAL_ID_BASE
@@ -77,7 +77,7 @@ class PatientIdentifiers:
     nhs_identifier: JSON | None
     local: tuple[JSON, ...]
 
-    @property
+    @cached_property
     def key(self) -> PatientKey:
         return PatientKey(self.nhs_number, tuple(Identifier(i["system"], i["value"]) for i in self.local))
 
