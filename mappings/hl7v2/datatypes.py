@@ -985,8 +985,15 @@ def fields_read(*tables: Iterable[FieldMap]) -> frozenset[int]:
     return frozenset(row.field for table in tables for row in table)
 
 
-def _parent(resource: JSON, path: str) -> tuple[JSON, str]:
+@functools.cache
+def _steps(path: str) -> tuple[tuple[str, ...], str]:
+    """A dotted path as (the names of its parents, its leaf): `hospitalization.admitSource` → ((hospitalization,), admitSource)."""
     *parents, leaf = path.split(".")
+    return tuple(parents), leaf
+
+
+def _parent(resource: JSON, path: str) -> tuple[JSON, str]:
+    parents, leaf = _steps(path)
     node = resource
     for name in parents:
         node = node.setdefault(name, {})

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from mappings.hl7v2.datatypes import (
@@ -187,11 +188,12 @@ class ObxGroup:
     def first(self) -> Segment:
         return self.segments[0]
 
-    @property
+    # value_type and key read the first segment only, which a group never changes: computed once.
+    @cached_property
     def value_type(self) -> str:
         return comp(self.first.field(2), 1).upper()
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str]:
         """(OBX-3 code, OBX-4 sub-id): what makes an observation the same one when it is re-sent."""
         return observation_code_key(self.first), comp(self.first.field(4), 1)
