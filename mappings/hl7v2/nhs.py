@@ -10,6 +10,7 @@ authority) or CX-5 (identifier type) is NHS, NH, NHSNMBR or NHSNBR.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from mappings.hl7v2.codes import NHS_NUMBER_MARKERS
@@ -18,8 +19,10 @@ from mappings.hl7v2.datatypes import FieldLike, comp, sub
 _TEN_DIGITS = re.compile(r"[0-9]{10}")
 _WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
 _NSTS = re.compile(r"NSTS0([1-8])")
+_SEPARATORS = re.compile(r"[\s-]")
 
 
+@functools.lru_cache(maxsize=4096)  # a patient's number recurs in every message about them
 def nhs_number_is_valid(value: str) -> bool:
     """True when `value` is ten ASCII digits whose last is the modulus 11 check digit.
 
@@ -37,7 +40,7 @@ def nhs_number_is_valid(value: str) -> bool:
 
 def normalise_nhs_number(value: str) -> str:
     """Spaces and dashes removed ("991 200 3888" → "9912003888"): senders sometimes send the display form."""
-    return re.sub(r"[\s-]", "", value)
+    return _SEPARATORS.sub("", value)
 
 
 def is_nhs_number_cx(f: FieldLike) -> bool:

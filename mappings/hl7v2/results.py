@@ -314,9 +314,11 @@ def observation_value(group: ObxGroup, warnings: list[str]) -> JSON:
 
 def _one_value(value_type: str, rep: FieldLike, units: JSON, obx: Segment, warnings: list[str]) -> JSON | None:
     value = VALUE_MAPS[value_type](rep, units)
-    text = field_text(rep).strip()
-    if value is not None or not text:
+    if value is not None:
         return value
+    text = field_text(rep).strip()
+    if not text:
+        return None
     if value_type == "ED":
         if not comp(rep, 5):  # ED-5 data empty (type and encoding only): no value, not a bad encoding
             return None
