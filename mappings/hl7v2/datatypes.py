@@ -528,8 +528,7 @@ def ei_identifier(f: FieldLike | None, system: str | None = None, type_code: str
     if not value:
         return None
     found = _ei_system(f)
-    return _or_none({"type": _v2_0203(type_code) if type_code else None,
-                     "system": found or system, "value": value})
+    return compact({"type": _v2_0203(type_code) if type_code else None, "system": found or system, "value": value})
 
 
 def _ei_system(f: FieldLike | None) -> str | None:
@@ -624,8 +623,8 @@ def xcn_identifier(f: FieldLike | None) -> JSON | None:
     value = comp(f, 1)
     if not value:
         return None
-    return _or_none({"system": xcn_system(f), "value": value,
-                     "type": identifier_type(comp(f, 13)) if comp(f, 13) in codes.IDENTIFIER_TYPE_DISPLAY else None})
+    return compact({"system": xcn_system(f), "value": value,
+                    "type": identifier_type(comp(f, 13)) if comp(f, 13) in codes.IDENTIFIER_TYPE_DISPLAY else None})
 
 
 def xcn_system(f: FieldLike | None) -> str | None:
@@ -651,7 +650,7 @@ def xcn_practitioner(f: FieldLike | None, fallback_system: str | None = None) ->
     qualification = comp(f, 7)
     if not identifier and not name:
         return None
-    return _or_none({
+    return compact({
         "resourceType": "Practitioner",
         "identifier": [identifier] if identifier else [],
         "name": [name] if name else [],
@@ -721,9 +720,9 @@ def xtn_contact_point(f: FieldLike | None, default_use: str | None = None) -> JS
     system = codes.TELECOM_SYSTEM.get(equipment) or ("email" if comp(f, 4) and not equipment else None)
     use = codes.TELECOM_USE.get(comp(f, 2).upper()) or ("mobile" if equipment == "CP" else default_use)
     rank = comp(f, 18)
-    point = prune({"system": system or inferred_telecom_system(value), "value": value, "use": use,
-                   "rank": int(rank) if rank.isdigit() and int(rank) > 0 else None,
-                   "period": {"start": v2_to_fhir_datetime(comp(f, 13)), "end": v2_to_fhir_datetime(comp(f, 14))}})
+    period = {"start": v2_to_fhir_datetime(comp(f, 13)), "end": v2_to_fhir_datetime(comp(f, 14))}
+    point = compact({"system": system or inferred_telecom_system(value), "value": value, "use": use,
+                     "rank": int(rank) if rank.isdigit() and int(rank) > 0 else None, "period": compact(period)})
     if "system" not in point:  # IG XTN.3: not valued → system data-absent-reason "unknown" (cpt-2)
         point["_system"] = {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "unknown"}]}
     return point
@@ -857,7 +856,7 @@ def pl_location(parts: PlaceParts) -> JSON | None:
         return None
     level = next(((attr, code, display) for attr, code, display in _PLACE_LEVELS if getattr(parts, attr)), None)
     named = [getattr(parts, attr) for attr, _, _ in reversed(_PLACE_LEVELS) if getattr(parts, attr)]
-    return prune({
+    return compact({
         "resourceType": "Location",
         "status": "active",
         "mode": "instance",
