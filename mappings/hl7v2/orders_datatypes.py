@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import math
 import re
@@ -144,6 +145,7 @@ _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _COMPARATORS = frozenset({"<", "<=", ">=", ">"})
 
 
+@functools.lru_cache(maxsize=4096)  # reference range bounds and common results recur
 def decimal_value(text: str | None) -> int | float | None:
     """An NM as a JSON number: int when it has no decimal point, else float; None if not a plain decimal.
 

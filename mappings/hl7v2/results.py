@@ -34,7 +34,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from mappings.hl7v2.datatypes import (
@@ -183,26 +182,24 @@ class ObxGroup:
 
     segments: list[Segment]
     notes: list[Segment] = field(default_factory=list)
+    # Read from the first segment, which a group never changes, when the group is made:
+    # OBX-2 value type, and (OBX-3 code, OBX-4 sub-id), what makes an observation the same one when re-sent.
+    value_type: str = field(init=False, repr=False, compare=False)
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        first = self.segments[0]
+        self.value_type = comp(first.field(2), 1).upper()
+        self.key = (observation_code_key(first), comp(first.field(4), 1))
 
     @property
     def first(self) -> Segment:
         return self.segments[0]
 
-    # value_type and key read the first segment only, which a group never changes: computed once.
-    @cached_property
-    def value_type(self) -> str:
-        return comp(self.first.field(2), 1).upper()
-
-    @cached_property
-    def key(self) -> tuple[str, str]:
-        """(OBX-3 code, OBX-4 sub-id): what makes an observation the same one when it is re-sent."""
-        return observation_code_key(self.first), comp(self.first.field(4), 1)
-
-    def continues_with(self, obx: Segment) -> bool:
-        """A TX/FT line continues this text report when OBX-2, OBX-3 and OBX-4 are the same."""
-        candidate = ObxGroup([obx])
-        return (self.value_type in JOINED_TEXT_TYPES and candidate.value_type == self.value_type
-                and candidate.key == self.key)
+    def continues_with(self, other: ObxGroup) -> bool:
+        """A TX/FT line (`other`, one OBX) continues this text report when OBX-2, OBX-3 and OBX-4 are the same."""
+        return (self.value_type in JOINED_TEXT_TYPES and other.value_type == self.value_type
+                and other.key == self.key)
 
 
 def observation_code_key(obx: Segment) -> str:
@@ -218,10 +215,12 @@ def group_observations(segments: list[Segment]) -> list[ObxGroup]:
         if segment.name == "NTE":
             if groups:
                 groups[-1].notes.append(segment)
-        elif groups and groups[-1].continues_with(segment):
+            continue
+        group = ObxGroup([segment])
+        if groups and groups[-1].continues_with(group):
             groups[-1].segments.append(segment)
         else:
-            groups.append(ObxGroup([segment]))
+            groups.append(group)
     return groups
 
 
