@@ -341,6 +341,8 @@ def v2_to_fhir_datetime(text: str | None, default_tz: tzinfo | None = None) -> s
     >>> v2_to_fhir_datetime("20240301123005.25-0500")
     '2024-03-01T12:30:05.25-05:00'
     """
+    if not text:  # most date components of a name, address or telecom are empty
+        return None
     return _fhir_datetime(text, _local(default_tz))
 
 
