@@ -500,7 +500,7 @@ def ods_identifier(code: str) -> JSON:
 
 def ods_reference(code: str, display: str | None = None) -> JSON:
     """A logical reference to the organisation with that ODS code (an Identifier-only Reference)."""
-    return prune({"identifier": ods_identifier(code), "display": display})
+    return compact({"identifier": compact(ods_identifier(code)), "display": display})
 
 
 def hd_uri(f: FieldLike | None, i: int) -> str | None:
