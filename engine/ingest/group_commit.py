@@ -162,7 +162,6 @@ class GroupCommit:
         if len(self._runners) < self.concurrency:
             runner = asyncio.create_task(self._run())
             self._runners.add(runner)
-            runner.add_done_callback(self._runners.discard)
         return await entry.future
 
     async def _run(self) -> None:
@@ -175,6 +174,13 @@ class GroupCommit:
             while self._queue:  # the runner itself failed: never leave a caller waiting
                 self._queue.popleft().fail(ApplyAlone())
             raise
+        finally:
+            # Leave the set in the same step as the queue was found empty: a message submitted from now on
+            # starts a runner of its own. (A done-callback would run later: a message submitted in between
+            # — by a caller just answered — would find the set full and wait for a runner that never comes.)
+            current = asyncio.current_task()
+            if current is not None:
+                self._runners.discard(current)
 
     async def _apply(self, batch: list[_Entry]) -> list[_Entry]:
         """Apply `batch` in one transaction; the entries left for the next batch."""

@@ -213,6 +213,20 @@ def test_messages_about_one_person_never_share_a_batch(ctx, run) -> None:
 
 
 @postgresql_only
+def test_a_message_sent_as_the_last_batch_ends_gets_a_runner(ctx, run) -> None:
+    # One runner, one sender: each answer wakes the sender, which submits its next message before the
+    # finished runner's task is done. That message must start a runner rather than wait for ever.
+    group = batched(ctx, concurrency=1)
+    stream = [adt("A01", "L1"), adt("A08", "L2", event="20240301111200"), adt("A08", "L3", event="20240301121200")]
+
+    async def in_time() -> list[list[IngestOutcome]]:
+        return await asyncio.wait_for(senders_at_once(group, [stream]), timeout=30)
+
+    [outcomes] = run(in_time())
+    assert [o.code for o in outcomes] == ["AA", "AA", "AA"]
+
+
+@postgresql_only
 def test_group_commit_is_configured_by_the_environment(ctx) -> None:
     assert GroupCommit.from_environment(ctx.db, Clock(), {"SHAREDCARE_INGEST_GROUP_COMMIT": "0"}) is None
     made = GroupCommit.from_environment(ctx.db, Clock(), {"SHAREDCARE_INGEST_MAX_BATCH": "8",
