@@ -339,43 +339,24 @@ def _merged_values(statements: Sequence[tuple[ClauseElement, Mapping[str, Any] |
 
 
 async def fetch_all_on_driver(conn: AsyncConnection, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:
-    """Run `statement` in `conn`'s transaction; its rows as named tuples."""
-    [rows] = await fetch_all_pipelined(conn, [(statement, params)])
-    return rows
+    """Run `statement` in `conn`'s transaction; its rows as named tuples.
 
-
-async def fetch_all_pipelined(conn: AsyncConnection, statements: Sequence[tuple[TextClause, Mapping[str, Any]]]
-                              ) -> list[list[Any]]:
-    """Run `statements` in order in `conn`'s transaction, sent together (libpq pipeline mode: one round trip
-    for all of them, and for the BEGIN of a transaction not started yet); the rows of each. A statement that
-    fails raises, and those after it are not run."""
+    One statement at a time: psycopg's async pipeline mode, tried for the ingest's locks and read, cost
+    more CPU than the round trip it saved (it polls the always-writable socket while PostgreSQL works).
+    """
+    compiled = POSTGRES_STATEMENTS.get(statement)
+    sql, values = compiled.server_sql, compiled.positional(params)
     sync = conn.sync_connection
     listening = sync is not None and bool(sync.dispatch.before_cursor_execute or sync.dispatch.after_cursor_execute)
     raw = (await conn.get_raw_connection()).driver_connection
-    cursors = [AsyncRawCursor(raw, row_factory=namedtuple_row) for _ in statements]
-    try:
-        if len(statements) == 1:
-            await _execute_on(cursors[0], *statements[0], sync if listening else None)
-        else:
-            async with raw.pipeline():
-                for cursor, (statement, params) in zip(cursors, statements, strict=True):
-                    await _execute_on(cursor, statement, params, sync if listening else None)
-        return [await cursor.fetchall() for cursor in cursors]
-    finally:
-        for cursor in cursors:
-            await cursor.close()
-
-
-async def _execute_on(cursor: AsyncRawCursor[Any], statement: TextClause, params: Mapping[str, Any],
-                      listened: Any) -> None:
-    compiled = POSTGRES_STATEMENTS.get(statement)
-    sql, values = compiled.server_sql, compiled.positional(params)
-    if listened is not None:
-        for listener in listened.dispatch.before_cursor_execute:
-            sql, values = listener(listened, cursor, sql, values, None, False)
-    await cursor.execute(sql, values, prepare=True)  # type: ignore[arg-type]
-    if listened is not None:
-        listened.dispatch.after_cursor_execute(listened, cursor, sql, values, None, False)
+    async with AsyncRawCursor(raw, row_factory=namedtuple_row) as cursor:
+        if listening and sync is not None:
+            for listener in sync.dispatch.before_cursor_execute:
+                sql, values = listener(sync, cursor, sql, values, None, False)
+        await cursor.execute(sql, values, prepare=True)  # type: ignore[arg-type]
+        if listening and sync is not None:
+            sync.dispatch.after_cursor_execute(sync, cursor, sql, values, None, False)
+        return await cursor.fetchall()
 
 
 async def fetch_one_on_driver(conn: AsyncConnection, statement: TextClause, params: Mapping[str, Any]) -> Any:

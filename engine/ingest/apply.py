@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, TextClause, bindparam, cast, null, select, text, tuple_, union_all
+from sqlalchemy import Text, bindparam, cast, null, select, text, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.vocabulary import owner_tag
@@ -194,24 +194,14 @@ async def read_state(conn: AsyncConnection, keys: Iterable[tuple[str, str]],
     Returns the current rows by (type, id), and the candidate rows (with `system` and `code`) for
     `identity.match_rows`.
     """
+    wanted = sorted(set(keys))
     if conn.dialect.name == "postgresql":
-        rows = await fetch_all_on_driver(conn, *read_state_statement(keys, identifiers))
+        rows = await fetch_all_on_driver(conn, _PG_READ_STATE, {
+            **_pg_keys(wanted), "systems": [system for system, _ in identifiers],
+            "codes": [code for _, code in identifiers]})
     else:
         codes = sorted({code for _, code in identifiers})
-        rows = (await conn.execute(_READ_STATE, {"keys": sorted(set(keys)), "codes": codes})).all()
-    return state_of(rows)
-
-
-def read_state_statement(keys: Iterable[tuple[str, str]], identifiers: Sequence[tuple[str, str]]
-                         ) -> tuple[TextClause, dict[str, Any]]:
-    """PostgreSQL: `read_state`'s statement and parameters, for a caller that sends it with others."""
-    return _PG_READ_STATE, {**_pg_keys(sorted(set(keys))), "systems": [system for system, _ in identifiers],
-                            "codes": [code for _, code in identifiers]}
-
-
-def state_of(rows: Iterable[Any]) -> tuple[dict[tuple[str, str], Current], list[Any]]:
-    """`read_state`'s answer from the rows of its statement."""
-    rows = list(rows)
+        rows = (await conn.execute(_READ_STATE, {"keys": wanted, "codes": codes})).all()
     currents = {(r.res_type, r.res_id): _current(r) for r in rows if r.system is None}
     candidates = [r for r in rows if r.system is not None]
     for row in candidates:  # a matched Patient replaces the mapped one: its row is here already

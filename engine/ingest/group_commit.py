@@ -16,8 +16,7 @@ In the transaction (docs/hl7v2-ingest.md, "Group commit"):
    a message already in it waits for the next batch, so one person's messages still apply one at a
    time, in order;
 2. one statement takes every person's advisory lock, in key order, and reserves a message id each;
-3. one read: the stored state of every message's resources and the Patients their identifiers find
-   (sent with the locks: one round trip for both);
+3. one read: the stored state of every message's resources and the Patients their identifiers find;
 4. each message is planned against that state in arrival order (`engine.ingest.apply.prepare`). One
    that would read what an earlier message of the batch writes waits for the next batch, so every
    plan sees exactly the store it would have seen alone. One whose plan fails (an identity conflict:
@@ -48,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Histogram
 
-from engine.db.direct import fetch_all_pipelined
 from engine.documents.gather import Pending, StoreReader
 from engine.ingest import apply, identity, store
 from engine.ingest.staging import message_event_time, people, staged_changes
@@ -224,13 +222,10 @@ class GroupCommit:
                 continue
             readable.append((entry, *apply.state_keys(entry.result)))
         now = self.now()
-        # The locks and ids, then the read, sent together: one round trip (and none for BEGIN of its own).
-        locked, state = await fetch_all_pipelined(conn, [
-            store.lock_and_reserve_statement((k for e, _, _ in readable for k in e.lock_keys), len(readable)),
-            apply.read_state_statement({k for _, wanted, _ in readable for k in wanted},
-                                       sorted({i for _, _, identifiers in readable for i in identifiers}))])
-        ids = store.reserved_ids(locked)
-        currents, candidates = apply.state_of(state)
+        ids = await store.lock_and_reserve_many(conn, (k for e, _, _ in readable for k in e.lock_keys), len(readable))
+        currents, candidates = await apply.read_state(
+            conn, {k for _, wanted, _ in readable for k in wanted},
+            sorted({i for _, _, identifiers in readable for i in identifiers}))
         staged: list[_Staged] = []
         deferred: list[_Entry] = []
         written: set[tuple[str, str]] = set()

@@ -22,12 +22,12 @@ from typing import Any
 
 import orjson
 from psycopg.types.json import Jsonb
-from sqlalchemy import TextClause, bindparam, func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from engine.db.direct import fetch_all_on_driver, fetch_one_on_driver
+from engine.db.direct import fetch_one_on_driver
 from engine.db.ingest_schema import hl7_messages, resource_sources
 from engine.db.repository import stamp
 from engine.db.schema import INDEX_TABLES, resource_versions, resources
@@ -167,17 +167,7 @@ async def lock_and_reserve(conn: AsyncConnection, lock_keys: Sequence[int]) -> i
 
 async def lock_and_reserve_many(conn: AsyncConnection, lock_keys: Iterable[int], count: int) -> list[int]:
     """`lock_and_reserve` for a batch of messages: every lock in key order, and `count` message ids."""
-    return reserved_ids(await fetch_all_on_driver(conn, *lock_and_reserve_statement(lock_keys, count)))
-
-
-def lock_and_reserve_statement(lock_keys: Iterable[int], count: int) -> tuple[TextClause, dict[str, Any]]:
-    """`lock_and_reserve_many`'s statement and parameters, for a caller that sends it with others."""
-    return _LOCK_AND_RESERVE, {"keys": sorted(set(lock_keys)), "n": count}
-
-
-def reserved_ids(rows: Sequence[Any]) -> list[int]:
-    """The message ids `lock_and_reserve_statement` reserved, from its one row."""
-    [row] = rows
+    row = await fetch_one_on_driver(conn, _LOCK_AND_RESERVE, {"keys": sorted(set(lock_keys)), "n": count})
     return [int(i) for i in row[0]]
 
 
