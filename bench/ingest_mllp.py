@@ -24,7 +24,8 @@ Method (bench/README.md says more):
       a transaction per message, engine/ingest/group_commit.py), on the same store, later;
 6. print msg/s, ACK latency p50/p99, non-AA ACKs, the ratio to the floor, and for (b), (c) and (d) the CPU
    time (utime + stime from /proc) per stored message of the server's processes and of the scratch
-   database's PostgreSQL backends (warm-up included on both sides of the division), the load average,
+   database's PostgreSQL backends (warm-up included on both sides of the division), the share of the
+   whole machine's CPU in use during the run (/proc/stat: when it is near 100 % the rate is CPU-bound), the load average,
    and whether the goal (stop-and-wait MLLP ingest ≥ 1,000 msg/s) is met. With `--profile`, py-spy
    samples the server (and its ingest processes) during (b) and the hottest frames are printed.
 
@@ -589,6 +590,13 @@ def database_cpu(name: str) -> float:
     return total
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine since boot (/proc/stat: busy is all but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
 def stored_mllp_messages(db_url: str) -> int:
     import psycopg
 
@@ -649,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {}
     cpu_ms: dict[str, float] = {}  # the server's processes, per message stored
     db_cpu_ms: dict[str, float] = {}  # the PostgreSQL backends of the scratch database, per message stored
+    busy: dict[str, float] = {}  # the share of the whole machine's CPU in use during the run
     try:
         console.print(f"scratch database {name}; migrating")
         upgrade(db_url)
@@ -683,8 +692,10 @@ def main(argv: list[str] | None = None) -> int:
                 if profiler is None:
                     problems.append("py-spy not found (.venv/bin/pip install py-spy): no profile")
             cpu_before, stored_before = process_tree_cpu(server.process.pid), stored_mllp_messages(db_url)
-            db_before = database_cpu(name)
+            db_before, ticks_before = database_cpu(name), machine_ticks()
             results[key] = run_in_process(mllp_load, "127.0.0.1", server.mllp_port, window, _tagged(spec, tag))
+            ticks_after = machine_ticks()
+            busy[key] = (ticks_after[0] - ticks_before[0]) / max(1, ticks_after[1] - ticks_before[1])
             stored = stored_mllp_messages(db_url) - stored_before
             if stored:  # warm-up included on both sides: CPU of the server's processes per message they stored
                 cpu_ms[key] = 1000 * (process_tree_cpu(server.process.pid) - cpu_before) / stored
@@ -710,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.senders} senders, {args.mllp_processes} ingest process(es), {args.duration:g} s per run, "
                   f"{os.cpu_count()} cores, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for column in ("scenario", "msg/s", "p50 ms", "p99 ms", "non-AA", "÷ floor", "server CPU ms/msg",
-                   "PostgreSQL CPU ms/msg"):
+                   "PostgreSQL CPU ms/msg", "machine busy"):
         table.add_column(column, justify="left" if column == "scenario" else "right")
     labels = {
         "transport": f"MLLP listener alone: ingest replaced by a canned AA, {args.senders} senders, wait for ACK",
@@ -723,13 +734,14 @@ def main(argv: list[str] | None = None) -> int:
     for key, label in labels.items():
         result = results.get(key)
         if result is None:
-            table.add_row(label, "not measured", "", "", "", "", "", "")
+            table.add_row(label, "not measured", "", "", "", "", "", "", "")
             continue
         ratio = (f"{result.rate / floor.rate:.0%}" if floor and floor.rate and key in ("mllp", "pipelined", "one-by-one")
                  else "")
         table.add_row(label, f"{result.rate:,.0f}", f"{result.percentile(50):.2f}", f"{result.percentile(99):.2f}",
                       str(result.non_aa) if key != "floor" else "", ratio,
-                      f"{cpu_ms[key]:.2f}" if key in cpu_ms else "", f"{db_cpu_ms[key]:.2f}" if key in db_cpu_ms else "")
+                      f"{cpu_ms[key]:.2f}" if key in cpu_ms else "", f"{db_cpu_ms[key]:.2f}" if key in db_cpu_ms else "",
+                      f"{busy[key]:.0%}" if key in busy else "")
         problems += [f"{key}: {e}" for e in result.errors]
     out.print(table)
     mix = collections.Counter()
