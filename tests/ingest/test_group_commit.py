@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 
 from engine.db.database import Database
 from engine.ingest import store
@@ -113,12 +113,14 @@ def count_statements(db: Database) -> tuple[list[str], Any]:
 
 
 @postgresql_only
-def test_concurrent_senders_give_the_store_that_one_at_a_time_gives(ctx, run) -> None:
+def test_concurrent_senders_give_the_store_that_one_at_a_time_gives(ctx, run, gp_endpoint) -> None:
     for stream in streams():  # alone: one message after another
         for message in stream:
             assert run(ingest(ctx, message)).code == "AA"
     alone = run(snapshot(ctx.db))
     assert len(alone["documents"]) == 10  # each discharge's Bundle and Composition
+    alone_outbox = run(_outbox(ctx.db, empty=True))
+    assert len(alone_outbox) == 5
     alone_messages = len(run(messages(ctx.db)))
     run(_empty(ctx.db))
 
@@ -130,9 +132,43 @@ def test_concurrent_senders_give_the_store_that_one_at_a_time_gives(ctx, run) ->
     # The shared practice and GP, new to the store, are created by one message while the others wait.
     assert _rolled_back() == rolled_back
     assert run(snapshot(ctx.db)) == alone
+    assert run(_outbox(ctx.db, empty=True)) == alone_outbox
     assert len(run(messages(ctx.db))) == alone_messages
     provenances = run(_provenance_targets(ctx.db))
     assert len(provenances) == alone_messages  # one per message, naming what it wrote at its version
+
+
+@pytest.fixture
+def gp_endpoint(ctx: IngestContext, run: Any) -> Iterator[None]:
+    """The shared GP practice (PD1, B86001) receives its transfers at an endpoint of its own, so that each
+    discharge's Task is also a notification in the outbox."""
+    from engine.transfers.store import EndpointConfig, delete_endpoint, put_endpoint
+    from engine.transfers.subscriptions import Channel
+
+    async def put() -> None:
+        async with ctx.db.write() as conn:
+            await put_endpoint(conn, EndpointConfig("B86001", Channel("https://gp.example/fhir")), Clock()())
+
+    async def remove() -> None:
+        async with ctx.db.write() as conn:
+            await delete_endpoint(conn, "B86001")
+        await _outbox(ctx.db, empty=True)
+
+    run(put())
+    yield
+    run(remove())
+
+
+async def _outbox(db: Database, *, empty: bool) -> list[tuple[Any, ...]]:
+    """The notifications waiting in the outbox (Task, version, event, destination), sorted; then deleted."""
+    from engine.transfers.schema import transfer_outbox as o
+
+    async with db.write() as conn:
+        rows = (await conn.execute(select(o.c.task_id, o.c.task_version, o.c.event, o.c.target_kind, o.c.target_ref,
+                                          o.c.method, o.c.url))).all()
+        if empty:
+            await conn.execute(o.delete())
+    return sorted(tuple(row) for row in rows)
 
 
 @postgresql_only
