@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from consent.fhir_values import codings_of
-from consent.model import CODE_ELEMENTS
+from consent.model import resource_codes
 from consent.policy import Policy, normal_coding
 
 
@@ -17,11 +16,10 @@ def sensitivity_labels(document: Mapping[str, Any], policy: Policy) -> list[dict
     """The meta.security codings the policy's sensitive code lists call for (e.g. ICD-10 F32 → v3-ActCode
     PSY), plus the policy's confidentiality label (v3-Confidentiality R) when any applies; sorted by
     (system, code), without duplicates."""
-    coded = [document[element] for element in CODE_ELEMENTS if element in document]
+    coded = resource_codes(document)
     if not coded:
-        return []  # nothing coded (a Patient, an Organization…): the common case, answered without a walk
-    # `resource_codes(document)`, walking only the code elements the resource has.
-    codes = {normal_coding(coding, policy) for coding in codings_of(coded)}
+        return []  # nothing coded (a Patient, an Organization…): the common case
+    codes = {normal_coding(coding, policy) for coding in coded}
     found = {
         (code_list.label["system"], code_list.label["code"]): dict(code_list.label)
         for code_list in policy.code_list_index.matching(codes)

@@ -148,7 +148,8 @@ def resource_codes(doc: Mapping[str, Any]) -> frozenset[Coding]:
     """(system, code) of the resource's main CodeableConcepts and Codings (`CODE_ELEMENTS`)."""
     found: set[Coding] = set()
     for element in CODE_ELEMENTS:
-        found.update(codings_of(doc.get(element)))
+        if element in doc:  # most resources have two or three of them: no walk for the absent ones
+            found.update(codings_of(doc[element]))
     return frozenset(found)
 
 
