@@ -247,10 +247,10 @@ class GroupCommit:
             refreshed.update(plan.refreshed_sources)
             staged.append(_Staged(entry, message_id, record, changes, sources))
         if staged:
-            changes = [c for s in staged for c in s.changes]
-            changes += await _transfer_changes(conn, staged, changes, currents, now)
+            versions = store.stamped_versions([c for s in staged for c in s.changes], now)
+            versions += store.stamped_versions(await _transfer_changes(conn, staged, versions, currents, now), now)
             try:
-                written = await store.write_messages(conn, changes, now, [s.sources for s in staged],
+                written = await store.write_messages(conn, versions, [s.sources for s in staged],
                                                      [(s.message_id, s.record) for s in staged])
             except store.DuplicateMessage as duplicate:
                 raise _Resent([s.entry for s in staged if s.message_id in set(duplicate.args)]) from None
@@ -259,15 +259,15 @@ class GroupCommit:
         return staged, failed, deferred
 
 
-async def _transfer_changes(conn: Any, staged: list[_Staged], changes: list[apply.Change],
+async def _transfer_changes(conn: Any, staged: list[_Staged], versions: list[store.StampedVersion],
                             currents: dict[tuple[str, str], apply.Current], now: datetime) -> list[apply.Change]:
     """The transfers of care the batch's A03s raise (docs/transfers.md), before the batch's write: read
-    through a `StoreReader` that sees the batch's changes as stored, so the document and Tasks are
+    through a `StoreReader` that sees the batch's `versions` as stored, so the document and Tasks are
     those raising them after the write would make, and they are written by the same statement."""
     if not any(discharge.discharged_encounter(s.entry.message, s.entry.result) for s in staged):
         return []
     pending = [Pending(v.document, v.current.pk if v.current is not None else None, patient_compartment(v.document))
-               for v in store.stamped_versions(changes, now)]
+               for v in versions]
     reader = StoreReader(conn, known=currents, pending=pending)
     raised: list[apply.Change] = []
     for item in staged:

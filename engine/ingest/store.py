@@ -467,15 +467,15 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[StampedVersion
             for v in versions]
 
 
-async def write_messages(conn: AsyncConnection, changes: Sequence[Change], now: datetime,
-                         sources: Sequence[SourceUpdate], messages: Sequence[tuple[int, MessageRecord]]
-                         ) -> list[Written]:
-    """PostgreSQL: several messages' rows (reserved ids), their changes and sources in one statement.
+async def write_messages(conn: AsyncConnection, versions: Sequence[StampedVersion], sources: Sequence[SourceUpdate],
+                         messages: Sequence[tuple[int, MessageRecord]]) -> list[Written]:
+    """PostgreSQL: several messages' rows (reserved ids), their changes (`stamped_versions`) and sources in
+    one statement.
 
     Raises `DuplicateMessage` naming the reserved ids whose (sender, control_id) is stored already
     (their changes were written too: the caller rolls back), `ConcurrentChange` as `write_changes`.
     """
-    return await _write_postgresql(conn, stamped_versions(changes, now), sources, messages)
+    return await _write_postgresql(conn, list(versions), sources, messages)
 
 
 def _json(rows: list[dict[str, Any]]) -> Jsonb:
