@@ -201,11 +201,23 @@ class MessageStream:
             f"EVN|{event}|{when}",
             self._pid(patient),
             f"PD1|||LEEDS CITY MEDICAL PRACTICE^^B86{patient % 100:03d}|G{3000000 + patient % 999:07d}",
-            (f"PV1|1|I|{self.facility}^WARD{patient % 12}^BED{patient % 20}^{self.facility}01|21||||"
-            f"C{1000000 + patient % 5000:07d}^JONES^SAM^^^DR|||300||||19|||||{self.facility}V{visit:08d}|||||||||||"
-            f"||||||{'19' if discharge else ''}|||||||{when}|{discharge}"),
+            self._pv1(patient, visit, discharge),
         ]
         return ("\r".join(segments) + "\r").encode()
+
+    def _pv1(self, patient: int, visit: int, discharged: str) -> str:
+        """PV1 of an admission: ward and bed (the bed changes between events, so an A08 updates the
+        Encounter), admission method 21, the admission time (PV1-44), the consultant, specialty 300, source 19,
+        the visit number (PV1-19) that ties A01, A08 and A03 to one Encounter, and on discharge the
+        method (PV1-36, 1: on clinical advice), destination (PV1-37, 19: usual place of residence) and date (PV1-45)."""
+        fields = dict.fromkeys(range(1, 46), "")
+        admitted = (self.base_time + timedelta(seconds=visit * 7)).strftime("%Y%m%d%H%M%S")
+        bed = (patient + self.seq) % 20
+        fields.update({1: "1", 2: "I", 3: f"{self.facility}^WARD{patient % 12}^BED{bed}^{self.facility}01",
+                       4: "21", 7: f"C{1000000 + patient % 5000:07d}^JONES^SAM^^^DR", 10: "300", 14: "19",
+                       19: f"{self.facility}V{visit:08d}", 36: "1" if discharged else "", 37: "19" if discharged else "", 44: admitted,
+                       45: discharged})
+        return "PV1|" + "|".join(fields.values()).rstrip("|")
 
     def _oru(self, patient: int, visit: int | None, when: str) -> bytes:
         order = f"{self.tag}{self.sender}-{self.seq}"

@@ -106,6 +106,8 @@ class MappingResult:
       stored resource rather than replace (a Patient keeps every sender's MRN).
     - `event_time` (EVN-2, else MSH-7) orders events: a stored resource that reflects a later
       event is not overwritten.
+    - `patient_elements_not_sent` lists the subject Patient's elements whose segment the message does not
+      carry (an ORU^R01 has no PD1): the engine keeps their stored values instead of dropping them.
     - `unmapped` lists what the message carried that no map used, as field addresses such as
       "PID-9", "PV1-52", "ZU1" (coverage report).
     """
@@ -117,5 +119,6 @@ class MappingResult:
     event_time: datetime | None
     actions: list[Action] = field(default_factory=list)
     merge_identifiers: frozenset[str] = frozenset({"Patient"})
+    patient_elements_not_sent: frozenset[str] = frozenset()
     unmapped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)

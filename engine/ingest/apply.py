@@ -265,8 +265,10 @@ def is_stale(current: Current | None, event_time: datetime | None) -> bool:
 
 
 def plan_resources(resources_: Sequence[dict[str, Any]], currents: Mapping[tuple[str, str], Current],
-                   event_time: datetime | None, merge_types: frozenset[str], plan: Plan) -> None:
-    """Add to `plan` what writing `resources_` (one message's, in order) takes."""
+                   event_time: datetime | None, merge_types: frozenset[str], plan: Plan,
+                   patient_not_sent: frozenset[str] = frozenset()) -> None:
+    """Add to `plan` what writing `resources_` (one message's, in order) takes. A stored Patient keeps the
+    elements in `patient_not_sent` (`MappingResult.patient_elements_not_sent`)."""
     for document in _unique(resources_):
         key = (document["resourceType"], document["id"])
         current = currents.get(key)
@@ -282,7 +284,8 @@ def plan_resources(resources_: Sequence[dict[str, Any]], currents: Mapping[tuple
                 late["link"] = document["link"]
             document = identity.merge_stored(stored, late)
         elif stored is not None and key[0] in merge_types:
-            document = identity.merge_stored(stored, document)
+            document = identity.merge_stored(stored, document,
+                                             patient_not_sent if key[0] == "Patient" else frozenset())
         if stored is not None and comparable(stored) == comparable(document):
             plan.unchanged.append(f"{key[0]}/{key[1]}")
             if (not stale and event_time is not None and current is not None
@@ -375,7 +378,8 @@ async def prepare(conn: AsyncConnection, result: MappingResult, *, event_time: d
     if missing:
         currents.update(await read_current(conn, missing))
     plan.currents = currents
-    plan_resources(documents, plan.currents, event_time, result.merge_identifiers, plan)
+    plan_resources(documents, plan.currents, event_time, result.merge_identifiers, plan,
+                   result.patient_elements_not_sent)
     planned = {c.key for c in plan.changes}
     plan.changes.extend(c for c in moved if c.key not in planned)
     for supersede in supersedes:

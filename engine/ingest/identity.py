@@ -268,15 +268,20 @@ def adopt_identifiers(survivor: list[dict[str, Any]], old: list[dict[str, Any]])
     return adopted
 
 
-def merge_stored(stored: Mapping[str, Any], incoming: dict[str, Any]) -> dict[str, Any]:
+def merge_stored(stored: Mapping[str, Any], incoming: dict[str, Any],
+                 not_sent: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The incoming version of a shared resource (a Patient) merged with what is stored.
 
     The message's content replaces the stored content (it is the newer event), except that
-    identifiers are merged (`merge_identifiers`), merge links (`link`) are kept, and security
+    identifiers are merged (`merge_identifiers`), merge links (`link`) are kept, security
     labels and tags are never dropped by another sender's update (a Patient a mental health trust
-    labelled stays labelled; a Patient two trusts send carries both data-owner tags).
+    labelled stays labelled; a Patient two trusts send carries both data-owner tags), and the
+    elements in `not_sent` — the message carried no segment for them — keep their stored values.
     """
     merged = dict(incoming)
+    for element in not_sent:
+        if element not in merged and element in stored:
+            merged[element] = stored[element]
     identifiers = merge_identifiers(list(stored.get("identifier") or ()), list(incoming.get("identifier") or ()))
     _set_or_drop(merged, "identifier", identifiers)
     links = _union(stored.get("link"), incoming.get("link"), lambda l: (

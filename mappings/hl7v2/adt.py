@@ -123,6 +123,7 @@ def _result(message: Message, kind: AdtKind, resources: list[JSON], patient: Pat
         patient_key=patient.key,
         event_time=event_time(message),
         actions=actions or [],
+        patient_elements_not_sent=patient.not_sent,
         unmapped=unmapped_fields(message, FIELDS_READ[kind]),
         warnings=[*patient.warnings, *warnings],
     )

@@ -544,6 +544,7 @@ def mapping_result(message: Message, patient: PatientMapping, collected: Collect
         patient_id=patient.patient_id,
         patient_key=patient.key,
         event_time=event_time(message),
+        patient_elements_not_sent=patient.not_sent,
         unmapped=list(dict.fromkeys(unmapped)),
         warnings=[*patient.warnings, *collected.warnings],
     )

@@ -92,6 +92,8 @@ class PatientMapping:
     before: tuple[JSON, ...] = ()   # GP Organization / Practitioner, referenced by the Patient
     after: tuple[JSON, ...] = ()    # RelatedPerson resources, referring to the Patient
     warnings: tuple[str, ...] = ()
+    # Patient elements whose segment the message does not carry (no PD1, no NK1): it says nothing about them.
+    not_sent: frozenset[str] = frozenset()
 
     @property
     def resources(self) -> list[JSON]:
@@ -420,7 +422,17 @@ def map_pid(pid: Segment, pd1: Segment | None, nk1s: list[Segment], sender: Send
                if r]
     patient = finish_resource(body, patient_id, sender.security_labels)
     return PatientMapping(patient, patient_id, ids.key, tuple(r for r in (practice, gp) if r), tuple(related),
-                          tuple(warnings))
+                          tuple(warnings), elements_not_sent(pd1, nk1s))
+
+
+def elements_not_sent(pd1: Segment | None, nk1s: list[Segment]) -> frozenset[str]:
+    """The Patient elements a message carries no segment for: PD1 (the registered GP) and NK1 (contacts).
+
+    In HL7 v2 a segment that is not sent says nothing — an ORU^R01 has no PD1, yet the patient is still
+    registered with a GP — so the stored values of these elements are kept (`MappingResult.patient_elements_not_sent`).
+    """
+    return frozenset(element for element, absent in (("generalPractitioner", pd1 is None), ("contact", not nk1s))
+                     if absent)
 
 
 # The fields each segment's maps read (coverage report).
@@ -431,7 +443,8 @@ PATIENT_FIELDS_READ: dict[str, frozenset[int]] = {
 }
 
 __all__ = [
-    "PATIENT_FIELDS_READ", "PatientIdentifiers", "PatientMapping", "classify_identifiers", "map_patient", "map_pid",
+    "PATIENT_FIELDS_READ", "PatientIdentifiers", "PatientMapping", "classify_identifiers", "elements_not_sent",
+    "map_patient", "map_pid",
     "mrn_identifier", "nhs_identifier", "patient_demographics", "patient_id_for", "related_person",
     "subject_key",
 ]

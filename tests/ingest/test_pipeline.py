@@ -16,7 +16,7 @@ from mappings.ids import resource_id
 
 from .conftest import SENDERS, Clock
 from .helpers import all_of, counts, ingest, messages, stored, version_count
-from .messages import NHS_A, adt, pv1
+from .messages import NHS_A, adt, pid, pv1
 
 PATIENT_A = resource_id("Patient", "nhs", NHS_A)
 
@@ -178,6 +178,29 @@ def test_unchanged_content_gets_no_new_version(ctx, run) -> None:
     assert outcome.code == "AA"
     assert run(version_count(ctx.db)) == versions  # nothing changed, so no Provenance either
     assert run(stored(ctx.db, "Patient", PATIENT_A))["meta"]["versionId"] == "1"
+
+
+def test_a_message_without_pd1_or_nk1_keeps_the_registered_gp_and_contacts(ctx, run) -> None:
+    """An ORU^R01 carries no PD1: the patient is still registered with the GP an ADT named (nor does a
+    message without NK1 remove the next of kin). A later PD1 naming another practice does change it."""
+    pd1 = "PD1|||LEEDS CITY MEDICAL PRACTICE^^B86001|G3000001"
+    nk1 = "NK1|1|SMITH^JOHN|SPO^Spouse^HL70063|||0113 496 0999"
+    assert run(ingest(ctx, adt("A01", "RR8-GP1", segments=(pd1, nk1)))).code == "AA"
+    registered = run(stored(ctx.db, "Patient", PATIENT_A))
+    assert len(registered["generalPractitioner"]) == 2 and registered["contact"]
+    result = ("MSH|^~\\&|LAB|RR8|SHAREDCARE|SC|20240301120000||ORU^R01^ORU_R01|RR8-GP2|P|2.4\r"
+              + pid() + "\rOBR|1|ICE1^ICE|WP1^WINPATH|FBC^Full blood count^WINPATH|||20240301115000||||||||||||||||"
+              "||F\rOBX|1|NM|HB^Haemoglobin^WINPATH||118|g/L|115-165|N|||F\r")
+    assert run(ingest(ctx, result)).code == "AA"
+    after_result = run(stored(ctx.db, "Patient", PATIENT_A))
+    assert after_result["generalPractitioner"] == registered["generalPractitioner"]
+    assert after_result["contact"] == registered["contact"]
+    assert after_result["meta"]["versionId"] == "1"  # nothing the result said changed the Patient
+    moved = "PD1|||MOORTOWN GROUP PRACTICE^^B86002|G3000002"
+    assert run(ingest(ctx, adt("A08", "RR8-GP3", event="20240302090000", segments=(moved,)))).code == "AA"
+    updated = run(stored(ctx.db, "Patient", PATIENT_A))
+    assert updated["generalPractitioner"] != registered["generalPractitioner"]
+    assert updated["contact"] == registered["contact"]
 
 
 def test_mental_health_sender_labels_its_resources(ctx, run) -> None:
