@@ -308,8 +308,7 @@ def test_stored_exactly_as_the_repository_stores(ctx, run) -> None:
     """Batched writes keep versions, current content and the search index consistent (both back ends)."""
     from sqlalchemy import Text, cast, select
 
-    from engine.db.schema import INDEX_TABLES, resource_versions, resources
-    from engine.search.extract import extract_index
+    from engine.db.schema import resource_versions, resources
 
     run(ingest(ctx, adt("A01", "RR8-15", event="20240301100000", phone="0113 496 0000")))
     run(ingest(ctx, adt("A08", "RR8-16", family="JONES", event="20240302100000")))
@@ -325,12 +324,55 @@ def test_stored_exactly_as_the_repository_stores(ctx, run) -> None:
                                           .order_by(resource_versions.c.version_id))).all()
             assert [(v, m) for v, m, _ in history] == [(1, "POST"), (2, "PUT")]
             assert json.loads(history[-1][2]) == content and content["meta"]["versionId"] == "2"
-            for kind, expected in extract_index(content).items():
-                table = INDEX_TABLES[kind]
-                columns = [c for c in table.columns if c.name not in ("id", "res_pk", "res_type")]
-                found = (await conn.execute(select(*columns).where(table.c.res_pk == row[0]))).all()
-                assert sorted(map(tuple, found), key=repr) == sorted(
-                    (tuple(r[c.name] for c in columns) for r in expected), key=repr), kind
+            await assert_index_rows_are_those_of(conn, row[0], content)
+
+    run(check())
+
+
+async def assert_index_rows_are_those_of(conn, pk: int, content: dict) -> None:
+    """The stored index rows of resource `pk` are exactly those its current content yields."""
+    from sqlalchemy import select
+
+    from engine.db.schema import INDEX_TABLES
+    from engine.search.extract import extract_index
+
+    expected = extract_index(content)
+    for kind, table in INDEX_TABLES.items():
+        columns = [c for c in table.columns if c.name not in ("id", "res_pk", "res_type")]
+        found = (await conn.execute(select(*columns).where(table.c.res_pk == pk))).all()
+        assert sorted(map(tuple, found), key=repr) == sorted(
+            (tuple(r[c.name] for c in columns) for r in expected.get(kind, ())), key=repr), kind
+
+
+def test_an_update_leaves_the_index_rows_its_content_yields_even_if_some_were_missing(ctx, run) -> None:
+    """A discharge changes some of the Encounter's index rows (status, period); afterwards the stored rows
+    are exactly those of the new content, a row that had gone missing from the store included."""
+    from sqlalchemy import Text, cast, delete, select
+
+    from engine.db.schema import idx_token, resources
+
+    assert run(ingest(ctx, adt("A01", "RR8-IX1", event="20240301100000"))).code == "AA"
+
+    async def encounter_pk() -> int:
+        async with ctx.db.read() as conn:
+            return (await conn.execute(select(resources.c.pk).where(resources.c.res_type == "Encounter"))).scalar_one()
+
+    pk = run(encounter_pk())
+
+    async def lose_a_row() -> None:
+        async with ctx.db.write() as conn:
+            await conn.execute(delete(idx_token).where(idx_token.c.res_pk == pk, idx_token.c.param == "class"))
+
+    run(lose_a_row())
+    discharge = adt("A03", "RR8-IX2", event="20240305100000", discharged="202403051000")
+    assert run(ingest(ctx, discharge)).code == "AA"
+
+    async def check() -> None:
+        async with ctx.db.read() as conn:
+            content = json.loads((await conn.execute(select(cast(resources.c.content, Text))
+                                                     .where(resources.c.pk == pk))).scalar_one())
+            assert content["status"] == "finished"
+            await assert_index_rows_are_those_of(conn, pk, content)
 
     run(check())
 
