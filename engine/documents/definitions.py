@@ -86,6 +86,13 @@ class DocumentDefinition:
         """The resource types the headings query, sorted (what the gatherer fetches)."""
         return tuple(sorted({s.type for h in self.headings for s in h.sources if s.type}))
 
+    @property
+    def encounter_scoped_types(self) -> frozenset[str]:
+        """The types every source of which is scoped to the encounter: only the resources that reference it
+        can be selected, so a reader need not fetch the rest of the patient's (a lifetime of results)."""
+        sources = [s for h in self.headings for s in h.sources if s.type]
+        return frozenset(t for t in self.resource_types if all(s.scope == "encounter" for s in sources if s.type == t))
+
 
 def _require(data: Mapping[str, Any], key: str, where: str, kind: type = str) -> Any:
     value = data.get(key)

@@ -39,11 +39,23 @@ class RecordReader(Protocol):
     async def read_many(self, res_type: str, ids: Sequence[str]) -> list[JSON]:
         """Those of `ids` that exist and may be had (missing, deleted or withheld ones are left out)."""
 
-    async def compartment(self, patient_id: str, types: Sequence[str]) -> list[JSON]:
-        """The patient's current resources of `types` (never all types: an empty list gives nothing)."""
+    async def compartment(self, patient_id: str, types: Sequence[str],
+                          within: EncounterScope | None = None) -> list[JSON]:
+        """The patient's current resources of `types` (never all types: an empty list gives nothing).
+
+        `within` allows the reader to leave out the resources of its types that do not reference its
+        encounter (all of them may still be returned: the caller selects by encounter itself)."""
 
     async def by_identifier(self, res_type: str, system: str, value: str) -> JSON | None:
         """The first resource of `res_type` with that identifier, or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncounterScope:
+    """An encounter, and the types of which only the resources that reference it are wanted."""
+
+    encounter_id: str
+    types: frozenset[str]
 
 
 class GateReader:
@@ -68,7 +80,8 @@ class GateReader:
             return []  # a principal who may not read Locations still gets a document that names the ward
         return [orjson.loads(row.content) for row in page.rows]
 
-    async def compartment(self, patient_id: str, types: Sequence[str]) -> list[JSON]:
+    async def compartment(self, patient_id: str, types: Sequence[str],
+                          within: EncounterScope | None = None) -> list[JSON]:
         if not types:
             return []
         found: list[JSON] = []
@@ -121,7 +134,7 @@ class StoreReader:
         self.conn = conn
         self._rows: dict[tuple[str, str], Current | None] = dict(known or {})
         self._pending = {(p.document["resourceType"], p.document["id"]): p for p in pending}
-        self._compartments: dict[str, tuple[frozenset[str], list[JSON]]] = {}
+        self._compartments: dict[tuple[str, EncounterScope | None], tuple[frozenset[str], list[JSON]]] = {}
 
     async def read(self, res_type: str, res_id: str) -> JSON:
         if (pending := self._pending.get((res_type, res_id))) is not None:
@@ -172,12 +185,15 @@ class StoreReader:
         await self.prefetch(wanted)
         return {key: row for key in wanted if (row := self._rows.get(key)) is not None}
 
-    async def prefetch_compartment(self, patient_id: str, types: Iterable[str]) -> None:
-        """Read the patient's live resources of `types` (by pk) in one query, for `compartment`; the
-        pending versions take their stored ones' places, and new ones follow in the order given."""
+    async def prefetch_compartment(self, patient_id: str, types: Iterable[str],
+                                   within: EncounterScope | None = None) -> None:
+        """Read the patient's live resources of `types` (by pk) in one query, for `compartment` — of the
+        types `within` names, only those that reference its encounter; the pending versions take their
+        stored ones' places, and new ones follow in the order given."""
         wanted = frozenset(types)
         if wanted:
-            rows = await read_patient_resources(self.conn, patient_id, wanted)
+            scoped = (within.encounter_id, within.types & wanted) if within is not None else None
+            rows = await read_patient_resources(self.conn, patient_id, wanted, scoped)
             by_pk = {row.pk: row.content for row in rows
                      if row.content is not None and (row.res_type, row.res_id) not in self._pending}
             created: list[JSON] = []
@@ -188,15 +204,16 @@ class StoreReader:
                     created.append(pending.document)
                 else:
                     by_pk[pending.pk] = pending.document
-            self._compartments[patient_id] = (wanted, [by_pk[pk] for pk in sorted(by_pk)] + created)
+            self._compartments[(patient_id, within)] = (wanted, [by_pk[pk] for pk in sorted(by_pk)] + created)
 
-    async def compartment(self, patient_id: str, types: Sequence[str]) -> list[JSON]:
+    async def compartment(self, patient_id: str, types: Sequence[str],
+                          within: EncounterScope | None = None) -> list[JSON]:
         if not types:
             return []
-        fetched = self._compartments.get(patient_id)
+        fetched = self._compartments.get((patient_id, within))
         if fetched is None or not set(types) <= fetched[0]:
-            await self.prefetch_compartment(patient_id, types)
-            fetched = self._compartments[patient_id]
+            await self.prefetch_compartment(patient_id, types, within)
+            fetched = self._compartments[(patient_id, within)]
         wanted = set(types)
         return [resource for resource in fetched[1] if resource.get("resourceType") in wanted]
 
@@ -233,7 +250,8 @@ async def gather(reader: RecordReader, definition: DocumentDefinition, encounter
         raise outcomes.error(422, "business-rule", f"Encounter/{encounter_id} names no Patient: no document can "
                              "be made for it", details_code="encounter-without-patient")
     patient = await reader.read("Patient", target[1])
-    resources = await reader.compartment(target[1], definition.resource_types)
+    resources = await reader.compartment(target[1], definition.resource_types,
+                                         EncounterScope(encounter_id, definition.encounter_scoped_types))
     wanted: dict[str, list[str]] = {}
     for res_type, res_id in named_parties(patient, encounter):
         wanted.setdefault(res_type, []).append(res_id)

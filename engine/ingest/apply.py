@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, bindparam, cast, null, select, text, tuple_, union_all
+from sqlalchemy import Text, bindparam, cast, null, or_, select, text, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.vocabulary import owner_tag
@@ -34,7 +34,7 @@ from engine.auth import system_principal
 from engine.db.direct import fetch_all_on_driver
 from engine.db.ingest_schema import resource_sources
 from engine.db.repository import format_instant
-from engine.db.schema import idx_token, resources
+from engine.db.schema import idx_reference, idx_token, resources
 from engine.ingest import identity
 from engine.nhs_number import NHS_NUMBER_SYSTEM
 from engine.search.extract import patient_compartment
@@ -220,25 +220,40 @@ async def read_compartment(conn: AsyncConnection, patient_id: str) -> list[Curre
     return [_current(row) for row in (await conn.execute(query)).all()]
 
 
-async def read_patient_resources(conn: AsyncConnection, patient_id: str, types: Iterable[str]) -> list[Current]:
-    """The live resources of `types` in `patient_id`'s compartment, by pk (oldest first), in one query."""
+async def read_patient_resources(conn: AsyncConnection, patient_id: str, types: Iterable[str],
+                                 encounter_scoped: tuple[str, Iterable[str]] | None = None) -> list[Current]:
+    """The live resources of `types` in `patient_id`'s compartment, by pk (oldest first), in one query.
+
+    `encounter_scoped` — (encounter id, types) — narrows those types to the resources that reference
+    that Encounter (by any reference the search index holds), read through the index of reference
+    targets: a discharge reads its own results, not every result of the patient's lifetime.
+    """
     wanted = sorted(set(types))
     if not wanted:
         return []
+    encounter_id, scoped = encounter_scoped if encounter_scoped is not None else ("", ())
+    scoped = sorted(set(scoped) & set(wanted))
     if conn.dialect.name == "postgresql":
-        rows = await fetch_all_on_driver(conn, _PG_PATIENT_RESOURCES, {"patient": patient_id, "types": wanted})
+        rows = await fetch_all_on_driver(conn, _PG_PATIENT_RESOURCES, {
+            "patient": patient_id, "types": wanted, "scoped": scoped, "encounter": encounter_id})
     else:
         query = (select(*_CURRENT_COLUMNS).select_from(_CURRENT_FROM)
                  .where(resources.c.patient_id == patient_id, resources.c.deleted.is_(False),
                         resources.c.res_type.in_(wanted))
                  .order_by(resources.c.pk))
+        if scoped:
+            query = query.where(or_(resources.c.res_type.not_in(scoped), resources.c.pk.in_(
+                select(idx_reference.c.res_pk).where(idx_reference.c.target_type == "Encounter",
+                                                     idx_reference.c.target_id == encounter_id))))
         rows = list((await conn.execute(query)).all())
     return [_current(row) for row in rows]
 
 
 _PG_PATIENT_RESOURCES = text(
     _PG_CURRENT + " FROM resources AS r LEFT JOIN resource_sources AS s ON s.res_pk = r.pk WHERE r.patient_id = :patient"
-    " AND NOT r.deleted AND r.res_type = ANY(CAST(:types AS text[])) ORDER BY r.pk"
+    " AND NOT r.deleted AND r.res_type = ANY(CAST(:types AS text[])) AND (r.res_type <> ALL(CAST(:scoped AS text[]))"
+    " OR r.pk IN (SELECT i.res_pk FROM idx_reference AS i WHERE i.target_type = 'Encounter'"
+    " AND i.target_id = CAST(:encounter AS text))) ORDER BY r.pk"
 )
 
 

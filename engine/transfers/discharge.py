@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.documents.definitions import definitions
-from engine.documents.gather import StoreReader, named_parties
+from engine.documents.gather import EncounterScope, StoreReader, named_parties
 from engine.documents.keys import reference_id_for
 from engine.documents.service import issue_discharge_changes, issue_discharge_document
 from engine.ingest.apply import Change, Current
@@ -151,10 +151,12 @@ def _first_by_id(documents: list[JSON]) -> list[JSON]:
 
 async def _receivers(reader: StoreReader, patient: JSON, encounter: JSON, hospital: rx.OrgRef,
                      config: TransfersConfig) -> list[rx.Receiver]:
+    # One read of the patient's record for the receivers and the document (gather.gather asks the same).
+    within = EncounterScope(encounter["id"], encounter_scoped_types(config.document_type))
     await reader.prefetch_compartment(patient["id"], {"EpisodeOfCare", "ServiceRequest",
-                                                      *definition_types(config.document_type)})
-    episodes = await reader.compartment(patient["id"], ["EpisodeOfCare"])
-    referrals = await reader.compartment(patient["id"], ["ServiceRequest"])
+                                                      *definition_types(config.document_type)}, within)
+    episodes = await reader.compartment(patient["id"], ["EpisodeOfCare"], within)
+    referrals = await reader.compartment(patient["id"], ["ServiceRequest"], within)
     destination = rx.reference_id((encounter.get("hospitalization") or {}).get("destination"), "Location")
     org_ids = rx.referenced_organizations(patient, encounter, episodes, referrals)
     # The parties the document names are read in the same query (engine.documents.gather.named_parties).
@@ -173,6 +175,12 @@ def definition_types(doc_type: str) -> tuple[str, ...]:
     """The resource types the document definition `doc_type` gathers (none for an unknown type)."""
     definition = definitions().get(doc_type)
     return tuple(definition.resource_types) if definition is not None else ()
+
+
+def encounter_scoped_types(doc_type: str) -> frozenset[str]:
+    """The types of which the document definition `doc_type` takes only the encounter's resources."""
+    definition = definitions().get(doc_type)
+    return definition.encounter_scoped_types if definition is not None else frozenset()
 
 
 async def _issue_document(reader: StoreReader, encounter_id: str, config: TransfersConfig,

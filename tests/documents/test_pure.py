@@ -89,6 +89,13 @@ def test_packaged_definitions_follow_uk_reference_codes() -> None:
         "Falls", "Contacts"]
 
 
+def test_a_type_is_encounter_scoped_only_when_every_source_of_it_is() -> None:
+    """A discharge reads only its encounter's results; Conditions are also read as the problem list."""
+    inpatient = definitions()["inpatient-discharge"]
+    assert inpatient.encounter_scoped_types == {"DiagnosticReport", "DocumentReference", "Observation", "Procedure"}
+    assert "Condition" in inpatient.resource_types
+
+
 def test_discharge_documents_sharing_a_type_are_told_apart_by_care_setting_then_title() -> None:
     all_definitions = definitions().values()
     composition = {"type": {"coding": [{"system": "http://snomed.info/sct", "code": "373942005"}]}}

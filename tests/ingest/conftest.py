@@ -32,20 +32,24 @@ class Clock:
         return self.moment
 
 
-async def _empty(db: Database) -> None:
-    """Delete what ingest writes. DELETE, not TRUNCATE: on a few rows it is far quicker."""
+async def _empty(db: Database, *, transfers: bool = False) -> None:
+    """Delete what ingest writes; with `transfers`, the transfer-of-care tables too (an A03's outbox rows,
+    and the subscriptions and endpoints a test set up to receive them). DELETE, not TRUNCATE: on a few rows
+    it is far quicker."""
     from engine.db.ingest_schema import hl7_messages, resource_sources
     from engine.db.schema import INDEX_TABLES, resource_versions, resources
+    from engine.transfers.schema import TABLES as TRANSFER_TABLES
 
     async with db.write() as conn:
-        for table in (*INDEX_TABLES.values(), resource_versions, resources, resource_sources, hl7_messages):
+        for table in (*INDEX_TABLES.values(), resource_versions, resources, resource_sources, hl7_messages,
+                      *(TRANSFER_TABLES if transfers else ())):
             await conn.execute(table.delete())
 
 
 @pytest.fixture
 def store(db: Database, runner: asyncio.Runner) -> Database:
-    """The session's database, emptied."""
-    runner.run(_empty(db))
+    """The session's database, emptied (of what another test's transfers left too)."""
+    runner.run(_empty(db, transfers=True))
     return db
 
 

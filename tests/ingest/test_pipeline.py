@@ -203,6 +203,34 @@ def test_a_message_without_pd1_or_nk1_keeps_the_registered_gp_and_contacts(ctx, 
     assert updated["contact"] == registered["contact"]
 
 
+def test_a_patients_resources_can_be_read_for_one_encounter(ctx, run) -> None:
+    """read_patient_resources narrowed to an encounter (what a discharge document reads): of the types
+    named, only the resources that reference that Encounter; of the others, all of the patient's."""
+    from engine.ingest.apply import read_patient_resources
+
+    allergy = "AL1|1|DA|91936005^Penicillin^SCT|SV|Rash"
+    assert run(ingest(ctx, adt("A01", "RR8-EN1", visit="V1", segments=(allergy,)))).code == "AA"
+
+    def result(control_id: str, visit: str) -> str:
+        return (f"MSH|^~\\&|LAB|RR8|SHAREDCARE|SC|20240301120000||ORU^R01^ORU_R01|{control_id}|P|2.4\r" + pid()
+                + f"\r{pv1(visit=visit)}\rOBR|1|{control_id}^ICE|WP{control_id}^WINPATH|FBC^Full blood count^WINPATH"
+                "|||20240301115000||||||||||||||||||F\rOBX|1|NM|HB^Haemoglobin^WINPATH||118|g/L|115-165|N|||F\r")
+
+    assert run(ingest(ctx, result("RR8-EN2", "V1"))).code == "AA"
+    assert run(ingest(ctx, result("RR8-EN3", "V2"))).code == "AA"
+    encounters = {e["identifier"][0]["value"]: e["id"] for e in run(all_of(ctx.db, "Encounter"))}
+
+    async def read(scope):
+        async with ctx.db.read() as conn:
+            rows = await read_patient_resources(conn, PATIENT_A, {"Observation", "AllergyIntolerance"}, scope)
+        return sorted((row.res_type, row.content.get("encounter", {}).get("reference")) for row in rows)
+
+    everything = run(read(None))
+    assert [t for t, _ in everything].count("Observation") == 2
+    first_visit = run(read((encounters["V1"], {"Observation"})))
+    assert first_visit == [("AllergyIntolerance", None), ("Observation", f"Encounter/{encounters['V1']}")]
+
+
 def test_mental_health_sender_labels_its_resources(ctx, run) -> None:
     outcome = run(ingest(ctx, adt("A01", "RGD-1", sender="RGD", mrn="M123")))
     assert outcome.code == "AA"

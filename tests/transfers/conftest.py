@@ -12,23 +12,15 @@ import engine.transfers.schema  # noqa: F401 - and the transfer tables
 from engine.db.database import Database
 from engine.db.repository import utc_now
 from engine.ingest.pipeline import IngestContext
-from engine.transfers.schema import TABLES
 from tests.conftest import free_port
 from tests.ingest.conftest import SENDERS, _empty
 from tests.transfers.helpers import Receiver
 
 
-async def _empty_transfers(database: Database) -> None:
-    await _empty(database)
-    async with database.write() as conn:
-        for table in TABLES:
-            await conn.execute(table.delete())
-
-
 @pytest.fixture
 def store(db: Database, runner) -> Database:
     """The session's database with the store, ingest and transfer tables emptied."""
-    runner.run(_empty_transfers(db))
+    runner.run(_empty(db, transfers=True))
     return db
 
 
