@@ -90,8 +90,21 @@ class DocumentDefinition:
     def encounter_scoped_types(self) -> frozenset[str]:
         """The types every source of which is scoped to the encounter: only the resources that reference it
         can be selected, so a reader need not fetch the rest of the patient's (a lifetime of results)."""
-        sources = [s for h in self.headings for s in h.sources if s.type]
-        return frozenset(t for t in self.resource_types if all(s.scope == "encounter" for s in sources if s.type == t))
+        return frozenset(t for t in self.resource_types if all(s.scope == "encounter" for s in self._sources_of(t)))
+
+    @property
+    def status_scoped_types(self) -> dict[str, frozenset[str]]:
+        """The types every source of which keeps only some statuses (`where` on `status`), with the statuses
+        any of them keeps: a reader need not fetch the others (a lifetime of completed lab orders)."""
+        scoped = {}
+        for res_type in self.resource_types:
+            wheres = [s.where.get("status") for s in self._sources_of(res_type)]
+            if all(wheres):
+                scoped[res_type] = frozenset(code for codes in wheres if codes for code in codes)
+        return scoped
+
+    def _sources_of(self, res_type: str) -> list[Source]:
+        return [s for h in self.headings for s in h.sources if s.type == res_type]
 
 
 def _require(data: Mapping[str, Any], key: str, where: str, kind: type = str) -> Any:

@@ -40,22 +40,38 @@ class RecordReader(Protocol):
         """Those of `ids` that exist and may be had (missing, deleted or withheld ones are left out)."""
 
     async def compartment(self, patient_id: str, types: Sequence[str],
-                          within: EncounterScope | None = None) -> list[JSON]:
+                          within: ReadScope | None = None) -> list[JSON]:
         """The patient's current resources of `types` (never all types: an empty list gives nothing).
 
-        `within` allows the reader to leave out the resources of its types that do not reference its
-        encounter (all of them may still be returned: the caller selects by encounter itself)."""
+        `within` allows the reader to leave out the resources the document cannot use (`ReadScope`); they
+        may still be returned: the caller selects by encounter and status itself."""
 
     async def by_identifier(self, res_type: str, system: str, value: str) -> JSON | None:
         """The first resource of `res_type` with that identifier, or None."""
 
 
 @dataclass(frozen=True, slots=True)
-class EncounterScope:
-    """An encounter, and the types of which only the resources that reference it are wanted."""
+class ReadScope:
+    """What of a patient's record a document can use: of `encounter_types`, only the resources that
+    reference the encounter; of each type in `statuses`, only those with one of its statuses."""
 
     encounter_id: str
-    types: frozenset[str]
+    encounter_types: frozenset[str] = frozenset()
+    statuses: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    @classmethod
+    def of(cls, definition: DocumentDefinition, encounter_id: str) -> ReadScope:
+        return cls(encounter_id, definition.encounter_scoped_types, tuple(sorted(definition.status_scoped_types.items())))
+
+    def covers(self, other: ReadScope | None) -> bool:
+        """Whether what this scope reads includes everything `other` allows."""
+        if other is None:
+            return not self.encounter_types and not self.statuses
+        if self.encounter_types and (self.encounter_id != other.encounter_id
+                                     or not self.encounter_types <= other.encounter_types):
+            return False
+        wanted = dict(other.statuses)
+        return all(res_type in wanted and wanted[res_type] <= codes for res_type, codes in self.statuses)
 
 
 class GateReader:
@@ -81,7 +97,7 @@ class GateReader:
         return [orjson.loads(row.content) for row in page.rows]
 
     async def compartment(self, patient_id: str, types: Sequence[str],
-                          within: EncounterScope | None = None) -> list[JSON]:
+                          within: ReadScope | None = None) -> list[JSON]:
         if not types:
             return []
         found: list[JSON] = []
@@ -134,7 +150,8 @@ class StoreReader:
         self.conn = conn
         self._rows: dict[tuple[str, str], Current | None] = dict(known or {})
         self._pending = {(p.document["resourceType"], p.document["id"]): p for p in pending}
-        self._compartments: dict[tuple[str, EncounterScope | None], tuple[frozenset[str], list[JSON]]] = {}
+        # Per patient, the compartment reads made: (types, scope, resources).
+        self._compartments: dict[str, list[tuple[frozenset[str], ReadScope | None, list[JSON]]]] = {}
 
     async def read(self, res_type: str, res_id: str) -> JSON:
         if (pending := self._pending.get((res_type, res_id))) is not None:
@@ -186,14 +203,18 @@ class StoreReader:
         return {key: row for key in wanted if (row := self._rows.get(key)) is not None}
 
     async def prefetch_compartment(self, patient_id: str, types: Iterable[str],
-                                   within: EncounterScope | None = None) -> None:
-        """Read the patient's live resources of `types` (by pk) in one query, for `compartment` — of the
-        types `within` names, only those that reference its encounter; the pending versions take their
-        stored ones' places, and new ones follow in the order given."""
+                                   within: ReadScope | None = None) -> None:
+        """Read the patient's live resources of `types` (by pk) in one query, for `compartment` — only
+        those `within` allows; the pending versions take their stored ones' places, and new ones follow in
+        the order given."""
         wanted = frozenset(types)
         if wanted:
-            scoped = (within.encounter_id, within.types & wanted) if within is not None else None
-            rows = await read_patient_resources(self.conn, patient_id, wanted, scoped)
+            if within is None:
+                rows = await read_patient_resources(self.conn, patient_id, wanted)
+            else:
+                rows = await read_patient_resources(self.conn, patient_id, wanted,
+                                                    (within.encounter_id, within.encounter_types),
+                                                    dict(within.statuses))
             by_pk = {row.pk: row.content for row in rows
                      if row.content is not None and (row.res_type, row.res_id) not in self._pending}
             created: list[JSON] = []
@@ -204,18 +225,26 @@ class StoreReader:
                     created.append(pending.document)
                 else:
                     by_pk[pending.pk] = pending.document
-            self._compartments[(patient_id, within)] = (wanted, [by_pk[pk] for pk in sorted(by_pk)] + created)
+            self._compartments.setdefault(patient_id, []).append(
+                (wanted, within, [by_pk[pk] for pk in sorted(by_pk)] + created))
 
     async def compartment(self, patient_id: str, types: Sequence[str],
-                          within: EncounterScope | None = None) -> list[JSON]:
+                          within: ReadScope | None = None) -> list[JSON]:
         if not types:
             return []
-        fetched = self._compartments.get((patient_id, within))
-        if fetched is None or not set(types) <= fetched[0]:
-            await self.prefetch_compartment(patient_id, types, within)
-            fetched = self._compartments[(patient_id, within)]
         wanted = set(types)
-        return [resource for resource in fetched[1] if resource.get("resourceType") in wanted]
+        fetched = self._fetched(patient_id, wanted, within)
+        if fetched is None:
+            await self.prefetch_compartment(patient_id, types, within)
+            fetched = self._compartments[patient_id][-1][2]
+        return [resource for resource in fetched if resource.get("resourceType") in wanted]
+
+    def _fetched(self, patient_id: str, types: set[str], within: ReadScope | None) -> list[JSON] | None:
+        """A compartment read made already that holds everything asked for (it may hold more)."""
+        for read_types, scope, found in self._compartments.get(patient_id, ()):
+            if types <= read_types and (scope is None or scope.covers(within)):
+                return found
+        return None
 
     async def by_identifier(self, res_type: str, system: str, value: str) -> JSON | None:
         page = await search(self.conn, _identifier_search(res_type, system, value))
@@ -251,7 +280,7 @@ async def gather(reader: RecordReader, definition: DocumentDefinition, encounter
                              "be made for it", details_code="encounter-without-patient")
     patient = await reader.read("Patient", target[1])
     resources = await reader.compartment(target[1], definition.resource_types,
-                                         EncounterScope(encounter_id, definition.encounter_scoped_types))
+                                         ReadScope.of(definition, encounter_id))
     wanted: dict[str, list[str]] = {}
     for res_type, res_id in named_parties(patient, encounter):
         wanted.setdefault(res_type, []).append(res_id)

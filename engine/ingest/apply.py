@@ -221,21 +221,26 @@ async def read_compartment(conn: AsyncConnection, patient_id: str) -> list[Curre
 
 
 async def read_patient_resources(conn: AsyncConnection, patient_id: str, types: Iterable[str],
-                                 encounter_scoped: tuple[str, Iterable[str]] | None = None) -> list[Current]:
+                                 encounter_scoped: tuple[str, Iterable[str]] | None = None,
+                                 statuses: Mapping[str, Iterable[str]] | None = None) -> list[Current]:
     """The live resources of `types` in `patient_id`'s compartment, by pk (oldest first), in one query.
 
     `encounter_scoped` — (encounter id, types) — narrows those types to the resources that reference
     that Encounter (by any reference the search index holds), read through the index of reference
-    targets: a discharge reads its own results, not every result of the patient's lifetime.
+    targets: a discharge reads its own results, not every result of the patient's lifetime. `statuses`
+    narrows each type it names to the resources with one of its statuses (the `status` index rows).
     """
     wanted = sorted(set(types))
     if not wanted:
         return []
     encounter_id, scoped = encounter_scoped if encounter_scoped is not None else ("", ())
     scoped = sorted(set(scoped) & set(wanted))
+    pairs = sorted((t, code) for t, codes in (statuses or {}).items() if t in wanted for code in codes)
     if conn.dialect.name == "postgresql":
         rows = await fetch_all_on_driver(conn, _PG_PATIENT_RESOURCES, {
-            "patient": patient_id, "types": wanted, "scoped": scoped, "encounter": encounter_id})
+            "patient": patient_id, "types": wanted, "scoped": scoped, "encounter": encounter_id,
+            "status_scoped": sorted({t for t, _ in pairs}), "status_types": [t for t, _ in pairs],
+            "status_codes": [code for _, code in pairs]})
     else:
         query = (select(*_CURRENT_COLUMNS).select_from(_CURRENT_FROM)
                  .where(resources.c.patient_id == patient_id, resources.c.deleted.is_(False),
@@ -245,6 +250,11 @@ async def read_patient_resources(conn: AsyncConnection, patient_id: str, types: 
             query = query.where(or_(resources.c.res_type.not_in(scoped), resources.c.pk.in_(
                 select(idx_reference.c.res_pk).where(idx_reference.c.target_type == "Encounter",
                                                      idx_reference.c.target_id == encounter_id))))
+        if pairs:
+            with_status = select(idx_token.c.res_pk).where(idx_token.c.param == "status", or_(*(
+                (idx_token.c.res_type == t) & (idx_token.c.code == code) for t, code in pairs)))
+            query = query.where(or_(resources.c.res_type.not_in({t for t, _ in pairs}),
+                                    resources.c.pk.in_(with_status)))
         rows = list((await conn.execute(query)).all())
     return [_current(row) for row in rows]
 
@@ -253,7 +263,11 @@ _PG_PATIENT_RESOURCES = text(
     _PG_CURRENT + " FROM resources AS r LEFT JOIN resource_sources AS s ON s.res_pk = r.pk WHERE r.patient_id = :patient"
     " AND NOT r.deleted AND r.res_type = ANY(CAST(:types AS text[])) AND (r.res_type <> ALL(CAST(:scoped AS text[]))"
     " OR r.pk IN (SELECT i.res_pk FROM idx_reference AS i WHERE i.target_type = 'Encounter'"
-    " AND i.target_id = CAST(:encounter AS text))) ORDER BY r.pk"
+    " AND i.target_id = CAST(:encounter AS text)))"
+    " AND (r.res_type <> ALL(CAST(:status_scoped AS text[])) OR EXISTS (SELECT 1 FROM idx_token AS t"
+    " JOIN unnest(CAST(:status_types AS text[]), CAST(:status_codes AS text[])) AS w(res_type, code)"
+    " ON w.res_type = t.res_type AND w.code = t.code WHERE t.res_pk = r.pk AND t.param = 'status'))"
+    " ORDER BY r.pk"
 )
 
 

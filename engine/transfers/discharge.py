@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine.documents.definitions import definitions
-from engine.documents.gather import EncounterScope, StoreReader, named_parties
+from engine.documents.gather import ReadScope, StoreReader, named_parties
 from engine.documents.keys import reference_id_for
 from engine.documents.service import issue_discharge_changes, issue_discharge_document
 from engine.ingest.apply import Change, Current
@@ -152,7 +152,7 @@ def _first_by_id(documents: list[JSON]) -> list[JSON]:
 async def _receivers(reader: StoreReader, patient: JSON, encounter: JSON, hospital: rx.OrgRef,
                      config: TransfersConfig) -> list[rx.Receiver]:
     # One read of the patient's record for the receivers and the document (gather.gather asks the same).
-    within = EncounterScope(encounter["id"], encounter_scoped_types(config.document_type))
+    within = read_scope(config.document_type, encounter["id"])
     await reader.prefetch_compartment(patient["id"], {"EpisodeOfCare", "ServiceRequest",
                                                       *definition_types(config.document_type)}, within)
     episodes = await reader.compartment(patient["id"], ["EpisodeOfCare"], within)
@@ -177,10 +177,18 @@ def definition_types(doc_type: str) -> tuple[str, ...]:
     return tuple(definition.resource_types) if definition is not None else ()
 
 
-def encounter_scoped_types(doc_type: str) -> frozenset[str]:
-    """The types of which the document definition `doc_type` takes only the encounter's resources."""
+def read_scope(doc_type: str, encounter_id: str) -> ReadScope:
+    """What of the patient's record the document definition `doc_type` can use (gather.ReadScope). The
+    receivers read what they need from it too: the active referrals (ServiceRequest) and every
+    EpisodeOfCare — so ServiceRequests are narrowed only to statuses that include `active`, and
+    episodes never."""
     definition = definitions().get(doc_type)
-    return definition.encounter_scoped_types if definition is not None else frozenset()
+    if definition is None:
+        return ReadScope(encounter_id)
+    scope = ReadScope.of(definition, encounter_id)
+    statuses = tuple((t, codes) for t, codes in scope.statuses
+                     if t != "EpisodeOfCare" and (t != "ServiceRequest" or "active" in codes))
+    return ReadScope(encounter_id, scope.encounter_types - {"EpisodeOfCare", "ServiceRequest"}, statuses)
 
 
 async def _issue_document(reader: StoreReader, encounter_id: str, config: TransfersConfig,

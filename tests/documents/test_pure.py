@@ -94,6 +94,20 @@ def test_a_type_is_encounter_scoped_only_when_every_source_of_it_is() -> None:
     inpatient = definitions()["inpatient-discharge"]
     assert inpatient.encounter_scoped_types == {"DiagnosticReport", "DocumentReference", "Observation", "Procedure"}
     assert "Condition" in inpatient.resource_types
+    # Plans are the active ones: a lifetime of completed lab orders need not be read.
+    assert inpatient.status_scoped_types["ServiceRequest"] == {"active", "on-hold", "draft"}
+    assert "AllergyIntolerance" not in inpatient.status_scoped_types  # excluded statuses only: all are read
+
+
+def test_a_read_scope_covers_a_narrower_one() -> None:
+    from engine.documents.gather import ReadScope
+
+    wide = ReadScope("E1", frozenset({"Observation"}), (("ServiceRequest", frozenset({"active", "draft"})),))
+    narrow = ReadScope("E1", frozenset({"Observation", "Procedure"}), (("ServiceRequest", frozenset({"active"})),
+                                                                       ("Flag", frozenset({"active"}))))
+    assert wide.covers(narrow) and not narrow.covers(wide)
+    assert not wide.covers(ReadScope("E2", frozenset({"Observation"}))) and not wide.covers(None)
+    assert ReadScope("E1").covers(None)
 
 
 def test_discharge_documents_sharing_a_type_are_told_apart_by_care_setting_then_title() -> None:

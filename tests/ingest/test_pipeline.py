@@ -204,8 +204,9 @@ def test_a_message_without_pd1_or_nk1_keeps_the_registered_gp_and_contacts(ctx, 
 
 
 def test_a_patients_resources_can_be_read_for_one_encounter(ctx, run) -> None:
-    """read_patient_resources narrowed to an encounter (what a discharge document reads): of the types
-    named, only the resources that reference that Encounter; of the others, all of the patient's."""
+    """read_patient_resources narrowed to an encounter and to statuses (what a discharge document reads): of
+    the types named, only the resources that reference that Encounter or have those statuses; of the
+    others, all of the patient's."""
     from engine.ingest.apply import read_patient_resources
 
     allergy = "AL1|1|DA|91936005^Penicillin^SCT|SV|Rash"
@@ -229,6 +230,14 @@ def test_a_patients_resources_can_be_read_for_one_encounter(ctx, run) -> None:
     assert [t for t, _ in everything].count("Observation") == 2
     first_visit = run(read((encounters["V1"], {"Observation"})))
     assert first_visit == [("AllergyIntolerance", None), ("Observation", f"Encounter/{encounters['V1']}")]
+
+    async def with_status(statuses):
+        async with ctx.db.read() as conn:
+            rows = await read_patient_resources(conn, PATIENT_A, {"Observation", "AllergyIntolerance"}, None, statuses)
+        return sorted(row.res_type for row in rows)
+
+    assert run(with_status({"Observation": {"final"}})) == ["AllergyIntolerance", "Observation", "Observation"]
+    assert run(with_status({"Observation": {"preliminary"}})) == ["AllergyIntolerance"]
 
 
 def test_mental_health_sender_labels_its_resources(ctx, run) -> None:
