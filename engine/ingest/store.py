@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import TextClause
 
 from engine.db.direct import fetch_one_on_driver
 from engine.db.ingest_schema import hl7_messages, resource_sources
@@ -292,7 +294,7 @@ async def write_changes(conn: AsyncConnection, changes: Sequence[Change], now: d
 
     The stored shape is the repository's (engine.db.repository.create/update): `meta.versionId`
     and `meta.lastUpdated` stamped, every version kept in `resource_versions`, index rows
-    replaced. On PostgreSQL it is one statement (`_PG_WRITE`); elsewhere a few executemany
+    replaced. On PostgreSQL it is one statement (`pg_write_statement`); elsewhere a few executemany
     statements. Raises `ConcurrentChange` when a resource is no longer at the version planned.
 
     `message` — (reserved id, row) — is inserted too, in the same statement on PostgreSQL; when its
@@ -366,23 +368,23 @@ def _index_rows(versions: Iterable[StampedVersion]) -> dict[str, list[dict[str, 
     return rows
 
 
-_PG_RESOURCES = """n AS (INSERT INTO resources (res_type, res_id, version_id, last_updated, deleted, patient_id, content)
+_PG_CREATES = """n AS (INSERT INTO resources (res_type, res_id, version_id, last_updated, deleted, patient_id, content)
  SELECT res_type, res_id, 1, last_updated, false, patient_id, content FROM jsonb_to_recordset(:creates)
  AS x(res_type text, res_id text, last_updated timestamp, patient_id text, content jsonb)
- RETURNING pk, res_type, res_id, version_id, last_updated, content),
-u AS (UPDATE resources AS r SET version_id = x.version_id, last_updated = x.last_updated, deleted = false,
+ RETURNING pk, res_type, res_id, version_id, last_updated, content)"""
+_PG_UPDATES = """u AS (UPDATE resources AS r SET version_id = x.version_id, last_updated = x.last_updated, deleted = false,
  patient_id = x.patient_id, content = x.content FROM jsonb_to_recordset(:updates)
  AS x(pk bigint, previous int, version_id int, last_updated timestamp, patient_id text, content jsonb)
  WHERE r.pk = x.pk AND r.version_id = x.previous
- RETURNING r.pk, r.res_type, r.res_id, r.version_id, r.last_updated, r.content),
-a AS (SELECT *, 'POST' AS method FROM n UNION ALL SELECT *, 'PUT' FROM u),
-versions AS (INSERT INTO resource_versions (res_pk, version_id, res_type, res_id, last_updated, deleted, method, content)
- SELECT pk, version_id, res_type, res_id, last_updated, false, method, content FROM a),
-sources AS (INSERT INTO resource_sources (res_pk, event_time, message_id)
- SELECT a.pk, t.event_time, t.message_id FROM a JOIN jsonb_to_recordset(:tracked)
- AS t(res_type text, res_id text, event_time timestamp, message_id bigint) USING (res_type, res_id)
- UNION ALL SELECT pk, event_time, message_id FROM jsonb_to_recordset(:refreshed)
- AS f(pk bigint, event_time timestamp, message_id bigint)
+ RETURNING r.pk, r.res_type, r.res_id, r.version_id, r.last_updated, r.content)"""
+_PG_VERSIONS = """versions AS (INSERT INTO resource_versions
+ (res_pk, version_id, res_type, res_id, last_updated, deleted, method, content)
+ SELECT pk, version_id, res_type, res_id, last_updated, false, method, content FROM a)"""
+_PG_TRACKED = """SELECT a.pk, t.event_time, t.message_id FROM a JOIN jsonb_to_recordset(:tracked)
+ AS t(res_type text, res_id text, event_time timestamp, message_id bigint) USING (res_type, res_id)"""
+_PG_REFRESHED = """SELECT pk, event_time, message_id FROM jsonb_to_recordset(:refreshed)
+ AS f(pk bigint, event_time timestamp, message_id bigint)"""
+_PG_SOURCES = """sources AS (INSERT INTO resource_sources (res_pk, event_time, message_id) {rows}
  ON CONFLICT (res_pk) DO UPDATE
  SET event_time = COALESCE(EXCLUDED.event_time, resource_sources.event_time), message_id = EXCLUDED.message_id)"""
 _PG_TYPES = {"String": "text", "Float": "float8", "DateTime": "timestamp"}
@@ -396,40 +398,68 @@ _PG_MESSAGES = (f"m AS (INSERT INTO hl7_messages ({_MESSAGE_NAMES}) SELECT {_MES
                 " RETURNING id)")
 
 
-def _pg_write_sql(with_messages: bool = False) -> str:
-    """One PostgreSQL statement for a whole batch: data-modifying CTEs fed by JSON recordsets.
+@dataclass(frozen=True, slots=True)
+class WriteShape:
+    """What one batch's write holds, which decides the statement's parts (`pg_write_statement`)."""
+
+    creates: bool = True
+    updates: bool = True
+    tracked: bool = True
+    refreshed: bool = True
+    kinds: tuple[str, ...] = tuple(INDEX_TABLES)  # the index tables it adds rows to
+    messages: bool = False
+
+
+def _pg_write_sql(shape: WriteShape) -> str:
+    """One PostgreSQL statement for a whole batch: data-modifying CTEs fed by JSON recordsets, with only the
+    parts the batch needs (`shape`) — PostgreSQL starts every part of a statement up whether it has rows or
+    not, and for a statement with every part that was ~250 µs of its CPU a batch.
 
     New resources are inserted (`n`) and updated ones updated (`u`, only if still at the planned
     version); both (`a`) get their versions appended and `resource_sources` recorded; the updated
-    ones' index rows are deleted and every new index row inserted, joined on (res_type, res_id)
-    to the pks `a` returns; `resource_sources` gets each tracked resource's event time and message
-    (several messages' rows in one batch: engine/ingest/group_commit.py). Returns the number updated
-    and the (type, id, pk) of those created. Sibling CTEs share one snapshot, so the deletes never see
-    the rows the inserts add (https://www.postgresql.org/docs/15/queries-with.html). `with_messages`
+    ones' index rows are deleted (from every index table) and every new index row inserted, joined on
+    (res_type, res_id) to the pks `a` returns; `resource_sources` gets each tracked resource's event time
+    and message (several messages' rows in one batch: engine/ingest/group_commit.py). Returns the number
+    updated and the (type, id, pk) of those created. Sibling CTEs share one snapshot, so the deletes never
+    see the rows the inserts add (https://www.postgresql.org/docs/15/queries-with.html). `shape.messages`
     adds the messages' rows (`m`, ON CONFLICT DO NOTHING: no id back for a duplicate).
     """
-    parts = [_PG_RESOURCES]
+    parts = [*([_PG_CREATES] if shape.creates else []), *([_PG_UPDATES] if shape.updates else [])]
+    written = [*(["SELECT *, 'POST' AS method FROM n"] if shape.creates else []),
+               *(["SELECT *, 'PUT' FROM u"] if shape.updates else [])]
+    if written:
+        parts += [f"a AS ({' UNION ALL '.join(written)})", _PG_VERSIONS]
+    sources = [*([_PG_TRACKED] if shape.tracked and written else []), *([_PG_REFRESHED] if shape.refreshed else [])]
+    if sources:
+        parts.append(_PG_SOURCES.format(rows=" UNION ALL ".join(sources)))
     for kind, table in INDEX_TABLES.items():
-        cols = [c for c in table.columns if c.name not in ("id", "res_pk")]
-        names = ", ".join(c.name for c in cols)
-        record = ", ".join(f"{c.name} {_PG_TYPES[type(c.type).__name__]}" for c in cols)
-        parts.append(f"d_{kind} AS (DELETE FROM {table.name} WHERE res_pk IN (SELECT pk FROM u))")
-        parts.append(f"i_{kind} AS (INSERT INTO {table.name} (res_pk, {names}) SELECT pk, {names}"
-                     f" FROM jsonb_to_recordset(:idx_{kind}) AS x({record}, res_id text)"
-                     f" JOIN a USING (res_type, res_id))")
-    if with_messages:
+        if shape.updates:
+            parts.append(f"d_{kind} AS (DELETE FROM {table.name} WHERE res_pk IN (SELECT pk FROM u))")
+        if kind in shape.kinds and written:
+            cols = [c for c in table.columns if c.name not in ("id", "res_pk")]
+            names = ", ".join(c.name for c in cols)
+            record = ", ".join(f"{c.name} {_PG_TYPES[type(c.type).__name__]}" for c in cols)
+            parts.append(f"i_{kind} AS (INSERT INTO {table.name} (res_pk, {names}) SELECT pk, {names}"
+                         f" FROM jsonb_to_recordset(:idx_{kind}) AS x({record}, res_id text)"
+                         f" JOIN a USING (res_type, res_id))")
+    if shape.messages:
         parts.append(_PG_MESSAGES)
-    return ("WITH " + ",\n".join(parts) + "\nSELECT (SELECT count(*) FROM u),"
-            " (SELECT jsonb_agg(jsonb_build_array(res_type, res_id, pk)) FROM n)"
-            + (", (SELECT array_agg(id) FROM m)" if with_messages else ""))
+    updated = "(SELECT count(*) FROM u)" if shape.updates else "0"
+    created = "(SELECT jsonb_agg(jsonb_build_array(res_type, res_id, pk)) FROM n)" if shape.creates else "NULL::jsonb"
+    return (("WITH " + ",\n".join(parts) + "\n" if parts else "") + f"SELECT {updated}, {created}"
+            + (", (SELECT array_agg(id) FROM m)" if shape.messages else ""))
 
 
-# One statement for everything, care relationships included (INDEX_TABLES["relationship"]). With eight
-# row tables it is longer than psycopg's 4 KB limit for caching a query's parsed form: converting it
-# then costs ~50 µs a message (measured), far less than the two extra round trips (DELETE and INSERT
-# of the relationship rows) that splitting it cost. The server-side prepared statement is unaffected.
-_PG_WRITE = text(_pg_write_sql())
-_PG_WRITE_WITH_MESSAGES = text(_pg_write_sql(with_messages=True))
+@lru_cache(maxsize=512)
+def pg_write_statement(shape: WriteShape) -> TextClause:
+    """The statement for `shape`, built once: psycopg prepares each text once per connection, and the few
+    shapes batches take (which index tables, whether anything is updated) each get their own plan.
+
+    One statement for everything, care relationships included (INDEX_TABLES["relationship"]). With all its
+    parts it is longer than psycopg's 4 KB limit for caching a query's parsed form: converting it then
+    costs ~50 µs a message (measured), far less than the round trips that splitting it would cost. The
+    server-side prepared statement is unaffected."""
+    return text(_pg_write_sql(shape))
 
 
 async def _write_postgresql(conn: AsyncConnection, versions: list[StampedVersion], sources: Sequence[SourceUpdate],
@@ -440,22 +470,23 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[StampedVersion
     updates = [{"pk": v.current.pk, "previous": v.current.version_id, "version_id": v.version_id,
                 "last_updated": v.moment, "patient_id": patient_compartment(v.document), "content": v.document}
                for v in versions if v.current is not None]
-    params: dict[str, Any] = {
-        "creates": _json(creates), "updates": _json(updates),
-        "tracked": _json([{"res_type": t, "res_id": i, "event_time": s.event_time, "message_id": s.message_id}
-                          for s in sources for t, i in s.keys]),
-        "refreshed": _json([{"pk": pk, "event_time": s.event_time, "message_id": s.message_id}
-                            for s in sources for pk in s.refreshed]),
-    }
+    tracked = [{"res_type": t, "res_id": i, "event_time": s.event_time, "message_id": s.message_id}
+               for s in sources for t, i in s.keys]
+    refreshed = [{"pk": pk, "event_time": s.event_time, "message_id": s.message_id}
+                 for s in sources for pk in s.refreshed]
     index = _index_rows(versions)
-    params.update((f"idx_{kind}", _json(index.get(kind, []))) for kind in INDEX_TABLES)
-    if not messages:
-        updated, created = await fetch_one_on_driver(conn, _PG_WRITE, params)
-    else:
+    shape = WriteShape(creates=bool(creates), updates=bool(updates), tracked=bool(tracked), refreshed=bool(refreshed),
+                       kinds=tuple(kind for kind in INDEX_TABLES if index.get(kind)), messages=bool(messages))
+    params: dict[str, Any] = {"creates": _json(creates), "updates": _json(updates), "tracked": _json(tracked),
+                              "refreshed": _json(refreshed)}
+    params.update((f"idx_{kind}", _json(index[kind])) for kind in shape.kinds)
+    if messages:
         params["messages"] = _json([{**_row(record), "attempts": 1, "id": message_id}
                                     for message_id, record in messages])
-        updated, created, stored = await fetch_one_on_driver(conn, _PG_WRITE_WITH_MESSAGES, params)
-        missing = {message_id for message_id, _ in messages} - set(stored or ())
+    row = await fetch_one_on_driver(conn, pg_write_statement(shape), params)
+    updated, created = row[0], row[1]
+    if messages:
+        missing = {message_id for message_id, _ in messages} - set(row[2] or ())
         if missing:
             raise DuplicateMessage(*sorted(missing))
     if updated != len(updates):

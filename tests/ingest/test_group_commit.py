@@ -305,3 +305,26 @@ def test_one_message_per_person_and_per_control_id_in_a_batch() -> None:
     a, b, c, d, e = entry({1, 2}, "1"), entry({3}, "2"), entry({2}, "3"), entry({4}, "2"), entry({4}, "2", "RY6")
     taken, waiting = _one_per_person([a, b, c, d, e])
     assert taken == [a, b, e] and waiting == [c, d]
+
+
+@postgresql_only
+def test_a_batch_of_messages_that_change_nothing_stores_the_messages(ctx, run) -> None:
+    """Re-sent content under new control ids: no resource changes, so the batch's write holds the messages
+    (and the event times they move forward) only."""
+
+    firsts = [adt("A08", f"RR8-NC{n}", event="20240301100000", nhs=nhs, mrn=f"RR800000{n}", visit=f"V000{n}")
+              for n, nhs in enumerate((NHS_A, NHS_B, NHS_C))]
+    for message in firsts:
+        assert run(ingest(ctx, message)).code == "AA"
+    versions = run(_version_total(ctx.db))
+    again = [[message.replace(f"RR8-NC{n}", f"RR8-NC{n}-again").replace("20240301100000", "20240302100000")]
+             for n, message in enumerate(firsts)]
+    outcomes = run(senders_at_once(batched(ctx), again))
+    assert [o.code for stream in outcomes for o in stream] == ["AA"] * 3
+    assert run(_version_total(ctx.db)) == versions
+    assert len(run(messages(ctx.db))) == 6
+
+
+async def _version_total(db: Database) -> int:
+    async with db.read() as conn:
+        return (await conn.execute(text("SELECT count(*) FROM resource_versions"))).scalar_one()

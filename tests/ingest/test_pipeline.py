@@ -416,14 +416,34 @@ def test_an_update_leaves_the_index_rows_its_content_yields_even_if_some_were_mi
 
 def test_the_postgresql_write_is_one_statement_for_every_row_table() -> None:
     """Resources, versions, sources and every INDEX_TABLES table (care relationships too) in one statement:
-    a table written separately costs round trips per message (store._PG_WRITE's comment has the numbers)."""
+    a table written separately costs round trips per message (store.pg_write_statement's docstring has the numbers)."""
     from sqlalchemy.dialects.postgresql import psycopg as pg
 
     from engine.db.schema import INDEX_TABLES
 
-    compiled = str(store._PG_WRITE.compile(dialect=pg.dialect()))
+    compiled = str(store.pg_write_statement(store.WriteShape()).compile(dialect=pg.dialect()))
     for table in INDEX_TABLES.values():
         assert f"INSERT INTO {table.name} " in compiled and f"DELETE FROM {table.name} " in compiled
+
+
+def test_the_postgresql_write_has_only_the_parts_a_batch_needs() -> None:
+    """New resources only: no UPDATE and no index-row DELETE; an update deletes the resource's rows from every
+    index table, also those its new version adds none to; no resources at all: the messages alone."""
+    from engine.db.schema import INDEX_TABLES
+
+    def sql(**shape) -> str:
+        return store.pg_write_statement(store.WriteShape(**shape)).text
+
+    creates = sql(updates=False, refreshed=False, kinds=("token", "reference"), messages=True)
+    assert "UPDATE resources" not in creates and "DELETE FROM" not in creates
+    assert "INSERT INTO idx_token " in creates and "INSERT INTO idx_string " not in creates
+    updates = sql(creates=False, kinds=("token",))
+    assert all(f"DELETE FROM {table.name} " in updates for table in INDEX_TABLES.values())
+    assert "INSERT INTO resources" not in updates and "INSERT INTO idx_string " not in updates
+    nothing = sql(creates=False, updates=False, tracked=False, refreshed=True, kinds=(), messages=True)
+    assert "resource_versions" not in nothing and "INSERT INTO resource_sources" in nothing
+    assert store.pg_write_statement(store.WriteShape(updates=False)) is store.pg_write_statement(
+        store.WriteShape(updates=False))  # built once, so psycopg prepares it once per connection
 
 
 def test_t08_replacement_marks_the_original_superseded(ctx, run) -> None:
