@@ -8,7 +8,7 @@ Method (bench/README.md says more):
    `--mllp-processes` − 1 ingest processes sharing the MLLP port: SHAREDCARE_MLLP_PROCESSES), with a
    senders file configuring the eight sending facilities used below;
 3. generate a realistic mix per sender — ~60 % ADT (A01 admit, A08 update, A03 discharge, in order
-   for each patient) across `--patients` patients with valid NHS numbers from the 999 test range,
+   for each patient, one visit number (PV1-19) and so one Encounter for the three) across `--patients` patients with valid NHS numbers from the 999 test range,
    ~40 % ORU^R01 with five OBX — each connection its own facility (MSH-4), its own patients and
    control ids, so one patient's events arrive in order on one connection; each scenario's streams
    start at their own point (`SCENARIO_SEQ`), so no scenario re-sends another's events;
