@@ -26,7 +26,9 @@ Method (bench/README.md says more):
    time (utime + stime from /proc) per stored message of the server's processes and of the scratch
    database's PostgreSQL backends (warm-up included on both sides of the division), the share of the
    whole machine's CPU in use during the run (/proc/stat: when it is near 100 % the rate is CPU-bound), the load average,
-   and whether the goal (stop-and-wait MLLP ingest ≥ 1,000 msg/s) is met. With `--profile`, py-spy
+   the group-commit batches of (b) and (c) in the server's main process (its /metrics histogram: how many,
+   messages a batch, the share holding one message), and whether the goal (stop-and-wait MLLP ingest
+   ≥ 1,000 msg/s) is met. With `--profile`, py-spy
    samples the server (and its ingest processes) during (b) and the hottest frames are printed.
 
 Run from the repository root:  .venv/bin/python bench/ingest_mllp.py [--duration 10] [--senders 8]
@@ -609,6 +611,26 @@ def machine_ticks() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
+def batch_counts(http_port: int) -> tuple[float, float, float]:
+    """(batches, messages, batches of one message) so far, from the group-commit histogram on the server's
+    /metrics — its main process's, one of the ingest processes; zeros when it cannot be read."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+            lines = response.read().decode().splitlines()
+    except OSError:
+        return 0.0, 0.0, 0.0
+    values = {}
+    for line in lines:
+        name, _, value = line.rpartition(" ")
+        if name.startswith("sharedcare_ingest_batch_messages"):
+            values[name] = float(value)
+    return (values.get("sharedcare_ingest_batch_messages_count", 0.0),
+            values.get("sharedcare_ingest_batch_messages_sum", 0.0),
+            values.get('sharedcare_ingest_batch_messages_bucket{le="1.0"}', 0.0))
+
+
 def stored_mllp_messages(db_url: str) -> int:
     import psycopg
 
@@ -670,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_ms: dict[str, float] = {}  # the server's processes, per message stored
     db_cpu_ms: dict[str, float] = {}  # the PostgreSQL backends of the scratch database, per message stored
     busy: dict[str, float] = {}  # the share of the whole machine's CPU in use during the run
+    batches: dict[str, tuple[float, ...]] = {}  # group commit in the main process: (batches, messages, of one)
     try:
         console.print(f"scratch database {name}; migrating")
         upgrade(db_url)
@@ -704,9 +727,10 @@ def main(argv: list[str] | None = None) -> int:
                 if profiler is None:
                     problems.append("py-spy not found (.venv/bin/pip install py-spy): no profile")
             cpu_before, stored_before = process_tree_cpu(server.process.pid), stored_mllp_messages(db_url)
-            db_before, ticks_before = database_cpu(name), machine_ticks()
+            db_before, ticks_before, batches_before = database_cpu(name), machine_ticks(), batch_counts(server.http_port)
             results[key] = run_in_process(mllp_load, "127.0.0.1", server.mllp_port, window, _tagged(spec, tag))
             ticks_after = machine_ticks()
+            batches[key] = tuple(a - b for a, b in zip(batch_counts(server.http_port), batches_before, strict=True))
             busy[key] = (ticks_after[0] - ticks_before[0]) / max(1, ticks_after[1] - ticks_before[1])
             stored = stored_mllp_messages(db_url) - stored_before
             if stored:  # warm-up included on both sides: CPU of the server's processes per message they stored
@@ -772,6 +796,11 @@ def main(argv: list[str] | None = None) -> int:
         met = mllp.rate >= GOAL
         out.print(f"goal: MLLP ingest (each sender waiting for its ACK) ≥ {GOAL:,.0f} msg/s — "
                   + ("[green]met[/]" if met else f"[red]NOT met[/] ({mllp.rate:,.0f} msg/s)"))
+    made = [(labels[key].split(",", 2)[-1].strip(), *counts) for key, counts in batches.items() if counts[0]]
+    if made:
+        out.print(f"group commit in the server's main process (1 of {args.mllp_processes} ingest processes): "
+                  + "; ".join(f"{label}: {n:,.0f} batches, {messages / n:.1f} messages a batch, {one / n:.0%} of one"
+                              for label, n, messages, one in made))
     if profile:
         hot = Table(title="py-spy: hottest frames in the server during the stop-and-wait run")
         for column in ("frame", "self %", "total %"):
