@@ -89,22 +89,33 @@ class DocumentDefinition:
     @property
     def encounter_scoped_types(self) -> frozenset[str]:
         """The types every source of which is scoped to the encounter: only the resources that reference it
-        can be selected, so a reader need not fetch the rest of the patient's (a lifetime of results)."""
-        return frozenset(t for t in self.resource_types if all(s.scope == "encounter" for s in self._sources_of(t)))
+        can be selected, so a reader need not fetch the rest of the patient's (a lifetime of results). Only
+        types with an `encounter` search parameter: a reader finds them by its index rows."""
+        return frozenset(t for t in self.resource_types if _searchable(t, "encounter", "reference")
+                         and all(s.scope == "encounter" for s in self._sources_of(t)))
 
     @property
     def status_scoped_types(self) -> dict[str, frozenset[str]]:
         """The types every source of which keeps only some statuses (`where` on `status`), with the statuses
-        any of them keeps: a reader need not fetch the others (a lifetime of completed lab orders)."""
+        any of them keeps: a reader need not fetch the others (a lifetime of completed lab orders). Only
+        types with a `status` search parameter (a Flag has none)."""
         scoped = {}
         for res_type in self.resource_types:
             wheres = [s.where.get("status") for s in self._sources_of(res_type)]
-            if all(wheres):
+            if all(wheres) and _searchable(res_type, "status", "token"):
                 scoped[res_type] = frozenset(code for codes in wheres if codes for code in codes)
         return scoped
 
     def _sources_of(self, res_type: str) -> list[Source]:
         return [s for h in self.headings for s in h.sources if s.type == res_type]
+
+
+def _searchable(res_type: str, code: str, param_type: str) -> bool:
+    """Whether `res_type` has the R4 search parameter `code` of type `param_type` (engine.search.registry)."""
+    from engine.search.registry import get_param
+
+    param = get_param(res_type, code)
+    return param is not None and param.type == param_type
 
 
 def _require(data: Mapping[str, Any], key: str, where: str, kind: type = str) -> Any:

@@ -98,6 +98,17 @@ class GateReader:
 
     async def compartment(self, patient_id: str, types: Sequence[str],
                           within: ReadScope | None = None) -> list[JSON]:
+        """The types `within` narrows by searches (`patient` with `encounter` and/or `status`), the rest by
+        $everything: what the document cannot use is neither read nor audited as disclosed."""
+        if not types:
+            return []
+        searches = _scoped_searches(patient_id, types, within)
+        found = await self._everything(patient_id, [t for t in types if t not in searches])
+        for res_type, params in searches.items():
+            found.extend(await self._search_all(res_type, params))
+        return found
+
+    async def _everything(self, patient_id: str, types: Sequence[str]) -> list[JSON]:
         if not types:
             return []
         found: list[JSON] = []
@@ -108,6 +119,18 @@ class GateReader:
             )
             found.extend(orjson.loads(s.content) for s in page if s.content and s.res_type in types)
             if after is None:
+                return found
+
+    async def _search_all(self, res_type: str, params: list[tuple[str, str]]) -> list[JSON]:
+        """Every page of one search (each page one disclosure and one audit event)."""
+        found: list[JSON] = []
+        cursor: str | None = None
+        while True:
+            page = await self.gate.search(self.who, parse_search(res_type, [
+                *params, ("_count", str(PAGE)), ("_total", "none"), *((("_cursor", cursor),) if cursor else ())]))
+            found.extend(orjson.loads(row.content) for row in page.rows if row.content)
+            cursor = page.next_cursor
+            if cursor is None:
                 return found
 
     async def by_identifier(self, res_type: str, system: str, value: str) -> JSON | None:
@@ -249,6 +272,24 @@ class StoreReader:
     async def by_identifier(self, res_type: str, system: str, value: str) -> JSON | None:
         page = await search(self.conn, _identifier_search(res_type, system, value))
         return orjson.loads(page.rows[0].content) if page.rows else None
+
+
+def _scoped_searches(patient_id: str, types: Sequence[str],
+                     within: ReadScope | None) -> dict[str, list[tuple[str, str]]]:
+    """The search parameters for each of `types` that `within` narrows."""
+    if within is None:
+        return {}
+    statuses = dict(within.statuses)
+    searches: dict[str, list[tuple[str, str]]] = {}
+    for res_type in types:
+        params = [("patient", patient_id)]
+        if res_type in within.encounter_types:
+            params.append(("encounter", f"Encounter/{within.encounter_id}"))
+        if res_type in statuses:
+            params.append(("status", ",".join(sorted(statuses[res_type]))))
+        if len(params) > 1:
+            searches[res_type] = params
+    return searches
 
 
 def _identifier_search(res_type: str, system: str, value: str) -> SearchRequest:

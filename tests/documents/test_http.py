@@ -335,3 +335,47 @@ def test_procedures_of_the_encounter_fill_their_heading(demo_client) -> None:
     section = next(s for s in composition_of(bundle)["section"] if s["title"] == "Procedures")
     assert section["entry"] == [{"reference": "Procedure/proc-alice-cxr"}]
     assert "Plain chest X-ray" in section["text"]["div"]
+
+
+def test_a_document_reads_and_discloses_only_what_it_can_use(demo_client, database_url) -> None:
+    """A procedure of the patient's other encounter and a completed order cannot enter the discharge summary:
+    they are neither read for it nor audited as disclosed by it. What it uses is (and an active Flag, whose
+    type has no status search parameter, is still read in full)."""
+    def procedure(res_id: str, encounter: str) -> dict[str, Any]:
+        return {"resourceType": "Procedure", "id": res_id, "status": "completed",
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "399208008",
+                                     "display": "Plain chest X-ray"}]},
+                "subject": {"reference": "Patient/pat-alice-hughes"},
+                "encounter": {"reference": f"Encounter/{encounter}"}, "performedDateTime": "2025-01-06T11:00:00+00:00"}
+
+    done = {"resourceType": "ServiceRequest", "id": "sr-alice-done", "status": "completed", "intent": "order",
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "26604007", "display": "FBC"}]},
+            "subject": {"reference": "Patient/pat-alice-hughes"}}
+    for resource in (procedure("proc-alice-this", ALICE_ADMISSION), procedure("proc-alice-other",
+                                                                               "enc-alice-community-2025-02"), done):
+        stored = demo_client.put(f"/fhir/{resource['resourceType']}/{resource['id']}", json=resource,
+                                 headers={"Content-Type": FHIR})
+        assert stored.status_code == 201, stored.text
+    before = _audit_records(database_url)
+    bundle = issue(demo_client).json()
+    sections = {s["title"]: s for s in composition_of(bundle)["section"]}
+    assert sections["Procedures"]["entry"] == [{"reference": "Procedure/proc-alice-this"}]
+    assert "Flag/flag-alice-lpa" in json.dumps(sections)
+    disclosed = " ".join(_audit_records(database_url)[len(before):])
+    assert "Procedure/proc-alice-this" in disclosed and "Flag/flag-alice-lpa" in disclosed
+    assert "Procedure/proc-alice-other" not in disclosed and "ServiceRequest/sr-alice-done" not in disclosed
+
+
+def _audit_records(database_url: str) -> list[str]:
+    """Every audit record's text, oldest first."""
+    if database_url.startswith("postgresql"):
+        import psycopg
+
+        from tests.conftest import _pg_conninfo
+
+        with psycopg.connect(_pg_conninfo(database_url)) as conn:
+            return [row[0] for row in conn.execute("SELECT record FROM audit_log ORDER BY seq")]
+    import sqlite3
+
+    with sqlite3.connect(database_url.split(":///", 1)[1]) as conn:
+        return [row[0] for row in conn.execute("SELECT record FROM audit_log ORDER BY seq")]

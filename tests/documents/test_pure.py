@@ -97,6 +97,8 @@ def test_a_type_is_encounter_scoped_only_when_every_source_of_it_is() -> None:
     # Plans are the active ones: a lifetime of completed lab orders need not be read.
     assert inpatient.status_scoped_types["ServiceRequest"] == {"active", "on-hold", "draft"}
     assert "AllergyIntolerance" not in inpatient.status_scoped_types  # excluded statuses only: all are read
+    # A Flag has no `status` search parameter, so no status index rows to narrow a read by: all are read.
+    assert "Flag" in inpatient.resource_types and "Flag" not in inpatient.status_scoped_types
 
 
 def test_a_read_scope_covers_a_narrower_one() -> None:
