@@ -26,6 +26,7 @@ from engine.ingest.apply import Current, read_current, read_patient_resources
 from engine.outcomes import FhirError
 from engine.search.params import SearchRequest, parse_search
 from engine.search.query import search
+from engine.search.registry import get_param
 
 PAGE = 1000
 SDS_USER_ID = "https://fhir.nhs.uk/Id/sds-user-id"
@@ -276,12 +277,15 @@ class StoreReader:
 
 def _scoped_searches(patient_id: str, types: Sequence[str],
                      within: ReadScope | None) -> dict[str, list[tuple[str, str]]]:
-    """The search parameters for each of `types` that `within` narrows."""
+    """The search parameters for each of `types` that `within` narrows (one with no `patient` search
+    parameter is left to $everything)."""
     if within is None:
         return {}
     statuses = dict(within.statuses)
     searches: dict[str, list[tuple[str, str]]] = {}
     for res_type in types:
+        if get_param(res_type, "patient") is None:
+            continue
         params = [("patient", patient_id)]
         if res_type in within.encounter_types:
             params.append(("encounter", f"Encounter/{within.encounter_id}"))
