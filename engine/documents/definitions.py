@@ -111,11 +111,12 @@ class DocumentDefinition:
 
 
 def _searchable(res_type: str, code: str, param_type: str) -> bool:
-    """Whether `res_type` has the R4 search parameter `code` of type `param_type` (engine.search.registry)."""
-    from engine.search.registry import get_param
+    """Whether `res_type` has the R4 search parameter `code` of type `param_type`, its index rows stored
+    under its own name (engine.search.registry)."""
+    from engine.search.registry import get_param, searched_as
 
     param = get_param(res_type, code)
-    return param is not None and param.type == param_type
+    return param is not None and param.type == param_type and searched_as(res_type, code) == (code,)
 
 
 def _require(data: Mapping[str, Any], key: str, where: str, kind: type = str) -> Any:

@@ -417,7 +417,8 @@ class WriteShape:
 def _pg_write_sql(shape: WriteShape) -> str:
     """One PostgreSQL statement for a whole batch: data-modifying CTEs fed by JSON recordsets, with only the
     parts the batch needs (`shape`) — PostgreSQL starts every part of a statement up whether it has rows or
-    not, and for a statement with every part that was ~250 µs of its CPU a batch.
+    not: the statement with every part and no rows at all costs it ~250 µs; on the bench's batches, leaving
+    out the parts they did not need saved ~1.5 % of the statement's time.
 
     New resources are inserted (`n`) and updated ones updated (`u`, only if still at the planned
     version); both (`a`) get their versions appended and `resource_sources` recorded; the updated
