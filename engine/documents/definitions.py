@@ -15,6 +15,8 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, Literal
 
+from engine.search.registry import get_param, searched_as
+
 Obligation = Literal["mandatory", "required", "optional"]
 OBLIGATIONS: frozenset[str] = frozenset({"mandatory", "required", "optional"})
 # What a source may take without a query: the document's own anchors.
@@ -113,8 +115,6 @@ class DocumentDefinition:
 def _searchable(res_type: str, code: str, param_type: str) -> bool:
     """Whether `res_type` has the R4 search parameter `code` of type `param_type`, its index rows stored
     under its own name (engine.search.registry)."""
-    from engine.search.registry import get_param, searched_as
-
     param = get_param(res_type, code)
     return param is not None and param.type == param_type and searched_as(res_type, code) == (code,)
 

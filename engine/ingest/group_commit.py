@@ -51,7 +51,6 @@ from engine.documents.gather import Pending, StoreReader
 from engine.ingest import apply, identity, store
 from engine.ingest.staging import message_event_time, people, staged_changes
 from engine.observability import REGISTRY
-from engine.search.extract import patient_compartment
 from engine.transfers import discharge
 from mappings.result import MappingError
 
@@ -266,8 +265,7 @@ async def _transfer_changes(conn: Any, staged: list[_Staged], versions: list[sto
     those raising them after the write would make, and they are written by the same statement."""
     if not any(discharge.discharged_encounter(s.entry.message, s.entry.result) for s in staged):
         return []
-    pending = [Pending(v.document, v.current.pk if v.current is not None else None, patient_compartment(v.document))
-               for v in versions]
+    pending = [Pending(v.document, v.current.pk if v.current is not None else None, v.patient_id) for v in versions]
     reader = StoreReader(conn, known=currents, pending=pending)
     raised: list[apply.Change] = []
     for item in staged:

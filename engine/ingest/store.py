@@ -269,6 +269,7 @@ class StampedVersion:
     version_id: int
     moment: datetime
     current: Current | None  # None: a new resource
+    patient_id: str | None  # the Patient compartment it belongs to (`patient_compartment`), found once
 
     @property
     def res_type(self) -> str:
@@ -286,8 +287,8 @@ def stamped_versions(changes: Sequence[Change], now: datetime) -> list[StampedVe
         current = change.current
         version_id = 1 if current is None else current.version_id + 1
         moment = now if current is None else max(now, current.last_updated)
-        versions.append(StampedVersion(stamp(change.document, change.document["id"], version_id, moment),
-                                       version_id, moment, current))
+        document = stamp(change.document, change.document["id"], version_id, moment)
+        versions.append(StampedVersion(document, version_id, moment, current, patient_compartment(document)))
     return versions
 
 
@@ -335,13 +336,13 @@ async def _write_generic(conn: AsyncConnection, versions: list[StampedVersion]) 
     pks: dict[tuple[str, str], int] = {}
     if creates:
         rows = [{"res_type": v.res_type, "res_id": v.res_id, "version_id": 1, "last_updated": v.moment,
-                 "deleted": False, "patient_id": patient_compartment(v.document), "content": v.document}
+                 "deleted": False, "patient_id": v.patient_id, "content": v.document}
                 for v in creates]
         new_pks = (await conn.execute(_INSERT_RESOURCE, rows)).scalars().all()
         pks.update(((v.res_type, v.res_id), pk) for v, pk in zip(creates, new_pks))
     if updates:
         params = [{"b_pk": v.current.pk, "b_previous": v.current.version_id, "b_version": v.version_id,
-                   "b_updated": v.moment, "b_patient": patient_compartment(v.document), "b_content": v.document}
+                   "b_updated": v.moment, "b_patient": v.patient_id, "b_content": v.document}
                   for v in updates if v.current is not None]
         outcome = await conn.execute(_UPDATE_RESOURCE, params)
         if outcome.rowcount not in (-1, None) and outcome.rowcount != len(params):
@@ -470,10 +471,10 @@ def pg_write_statement(shape: WriteShape) -> TextClause:
 async def _write_postgresql(conn: AsyncConnection, versions: list[StampedVersion], sources: Sequence[SourceUpdate],
                             messages: Sequence[tuple[int, MessageRecord]] = ()) -> list[Written]:
     creates = [{"res_type": v.res_type, "res_id": v.res_id, "last_updated": v.moment,
-                "patient_id": patient_compartment(v.document), "content": v.document}
+                "patient_id": v.patient_id, "content": v.document}
                for v in versions if v.current is None]
     updates = [{"pk": v.current.pk, "previous": v.current.version_id, "version_id": v.version_id,
-                "last_updated": v.moment, "patient_id": patient_compartment(v.document), "content": v.document}
+                "last_updated": v.moment, "patient_id": v.patient_id, "content": v.document}
                for v in versions if v.current is not None]
     tracked = [{"res_type": t, "res_id": i, "event_time": s.event_time, "message_id": s.message_id}
                for s in sources for t, i in s.keys]
