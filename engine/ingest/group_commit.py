@@ -4,11 +4,17 @@ With many senders, much of what a message costs is per transaction rather than p
 read and write round trips, each statement's start-up in PostgreSQL, the commit and its WAL flush.
 The MLLP listener's messages therefore go through one `GroupCommit` per process (PostgreSQL only):
 `submit` queues a mapped message and waits; a runner takes everything queued (up to `max_batch`) and
-applies it in one transaction, while what arrives meanwhile queues for the next batch. Nothing waits on
-a timer: a batch is whatever arrived while the previous one was being written. Up to `concurrency`
-runners work at once (SHAREDCARE_INGEST_BATCHES_IN_FLIGHT), so that one batch is planned while another
-is in PostgreSQL; messages about one person in two batches are applied one at a time by the advisory
-locks, and each connection submits its next message only once the previous one is answered.
+applies it in one transaction, while what arrives meanwhile queues for the next batch.
+
+A batch costs ~2 ms of CPU however few messages it holds, so before taking one the runner gathers
+(`_gather`): it waits until a message is queued from every caller (an MLLP connection's task) that
+submitted one in the last `ACTIVE_SECONDS`, or for `gather` seconds (SHAREDCARE_INGEST_GATHER_MS),
+whichever comes first. A lone feed's messages never wait; senders that each wait for their ACK, whose
+next messages arrive a little after the batch that answered them, share batches instead of each taking
+one of its own, and a message costs less CPU (docs/mllp.md, "Throughput"). Up to `concurrency` runners
+work at once (SHAREDCARE_INGEST_BATCHES_IN_FLIGHT); messages about one person in two batches are applied
+one at a time by the advisory locks, and each connection submits its next message only once the
+previous one is answered.
 
 In the transaction (docs/hl7v2-ingest.md, "Group commit"):
 
@@ -70,7 +76,9 @@ ROLLED_BACK = Counter("sharedcare_ingest_batches_rolled_back_total",
                       registry=REGISTRY)
 
 DEFAULT_MAX_BATCH = 32
-DEFAULT_CONCURRENCY = 2
+DEFAULT_CONCURRENCY = 1
+DEFAULT_GATHER_MS = 3.0
+ACTIVE_SECONDS = 0.25  # a caller that submitted within this is expected to submit again
 
 
 class ApplyAlone(Exception):
@@ -128,11 +136,14 @@ class GroupCommit:
     """Applies the messages `submit`ted concurrently in shared transactions (module docstring)."""
 
     def __init__(self, db: Database, now: Callable[[], datetime], *, max_batch: int = DEFAULT_MAX_BATCH,
-                 concurrency: int = DEFAULT_CONCURRENCY) -> None:
+                 concurrency: int = DEFAULT_CONCURRENCY, gather: float = DEFAULT_GATHER_MS / 1000) -> None:
         self.db = db
         self.now = now
         self.max_batch = max(1, max_batch)
         self.concurrency = max(1, concurrency)
+        self.gather = max(0.0, gather)
+        self._callers: dict[asyncio.Task[Any], float] = {}  # caller → when it last submitted (loop time)
+        self._submitted = asyncio.Event()  # set by each `submit`: wakes the runners gathering
         self._queue: deque[_Entry] = deque()
         self._runners: set[asyncio.Task[None]] = set()
         self._arrivals = itertools.count()
@@ -140,12 +151,15 @@ class GroupCommit:
     @classmethod
     def from_environment(cls, db: Database, now: Callable[[], datetime],
                          environ: Mapping[str, str] | None = None) -> GroupCommit | None:
-        """On PostgreSQL unless SHAREDCARE_INGEST_GROUP_COMMIT is 0; SHAREDCARE_INGEST_MAX_BATCH caps a batch."""
+        """On PostgreSQL unless SHAREDCARE_INGEST_GROUP_COMMIT is 0; SHAREDCARE_INGEST_MAX_BATCH caps a batch,
+        SHAREDCARE_INGEST_BATCHES_IN_FLIGHT the batches at once, SHAREDCARE_INGEST_GATHER_MS the gathering."""
         env = os.environ if environ is None else environ
         if not db.is_postgres or env.get("SHAREDCARE_INGEST_GROUP_COMMIT", "1").strip().lower() in {"0", "false", "no", "off"}:
             return None
+        gather_ms = env.get("SHAREDCARE_INGEST_GATHER_MS", "").strip()
         return cls(db, now, max_batch=int(env.get("SHAREDCARE_INGEST_MAX_BATCH") or DEFAULT_MAX_BATCH),
-                   concurrency=int(env.get("SHAREDCARE_INGEST_BATCHES_IN_FLIGHT") or DEFAULT_CONCURRENCY))
+                   concurrency=int(env.get("SHAREDCARE_INGEST_BATCHES_IN_FLIGHT") or DEFAULT_CONCURRENCY),
+                   gather=float(gather_ms or DEFAULT_GATHER_MS) / 1000)
 
     async def submit(self, job: _Job, message: Message, sender: SenderConfig, result: MappingResult) -> IngestOutcome:
         """Queue a mapped message; its outcome once its batch has committed.
@@ -156,6 +170,10 @@ class GroupCommit:
         entry = _Entry(job, message, sender, result, asyncio.get_running_loop().create_future(),
                        next(self._arrivals))
         self._queue.append(entry)
+        caller = asyncio.current_task()
+        if caller is not None:
+            self._callers[caller] = asyncio.get_running_loop().time()
+        self._submitted.set()
         if len(self._runners) < self.concurrency:
             runner = asyncio.create_task(self._run())
             self._runners.add(runner)
@@ -164,6 +182,7 @@ class GroupCommit:
     async def _run(self) -> None:
         try:
             while self._queue:
+                await self._gather()
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
                 later = await self._apply(batch)
                 self._queue.extendleft(sorted(later, key=lambda e: e.arrival, reverse=True))
@@ -178,6 +197,25 @@ class GroupCommit:
             current = asyncio.current_task()
             if current is not None:
                 self._runners.discard(current)
+
+    async def _gather(self) -> None:
+        """Wait until as many messages are queued as there are active callers, or `gather` seconds (module
+        docstring)."""
+        if self.gather <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for caller in [c for c, last in self._callers.items() if now - last > ACTIVE_SECONDS or c.done()]:
+            del self._callers[caller]
+        wanted = min(len(self._callers), self.max_batch)
+        deadline = now + self.gather
+        while len(self._queue) < wanted and (left := deadline - loop.time()) > 0:
+            self._submitted.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._submitted.wait()
+            except TimeoutError:
+                return
 
     async def _apply(self, batch: list[_Entry]) -> list[_Entry]:
         """Apply `batch` in one transaction; the entries left for the next batch."""

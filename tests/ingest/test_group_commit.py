@@ -30,7 +30,7 @@ postgresql_only = pytest.mark.skipif(BACKEND != "postgresql", reason="group comm
 NHS_D, NHS_E = "9990000026", "9990000034"
 
 
-def batched(ctx: IngestContext, **settings: int) -> IngestContext:
+def batched(ctx: IngestContext, **settings: float) -> IngestContext:
     """`ctx` with group commit, as `sharedcare serve` runs the MLLP listener."""
     return IngestContext(db=ctx.db, senders=dict(SENDERS), now=Clock(), group_commit=GroupCommit(ctx.db, Clock(),
                                                                                                  **settings))
@@ -263,11 +263,52 @@ def test_a_message_sent_as_the_last_batch_ends_gets_a_runner(ctx, run) -> None:
 
 
 @postgresql_only
+@pytest.mark.parametrize(("gather", "batches"), [(30.0, 2), (0.0, 3)])
+def test_senders_answered_together_share_the_next_batch(ctx, run, gather, batches) -> None:
+    # Two senders, each waiting for its answer; the second takes a moment to send its next message. The
+    # batch that follows the one answering them both waits for it (up to `gather` seconds), rather than
+    # being written for the first sender's message alone.
+    assert run(ingest(ctx, adt("A01", "G0", nhs=NHS_C, mrn="RR80000003", visit="V0000003"))).code == "AA"
+    group = batched(ctx, gather=gather)  # the shared Organization, Location and doctor exist from now on
+
+    async def sender(nhs: str, n: int, pause: float) -> list[IngestOutcome]:
+        first = await ingest(group, adt("A01", f"G{n}-1", nhs=nhs, mrn=f"RR8{n:07d}", visit=f"V{n:07d}"))
+        await asyncio.sleep(pause)
+        return [first, await ingest(group, adt("A08", f"G{n}-2", nhs=nhs, mrn=f"RR8{n:07d}", visit=f"V{n:07d}",
+                                                event="20240301111200"))]
+
+    async def both() -> list[list[IngestOutcome]]:
+        return list(await asyncio.wait_for(asyncio.gather(sender(NHS_A, 1, 0), sender(NHS_B, 2, 0.05)), timeout=20))
+
+    before = _batches()
+    outcomes = run(both())
+    assert [o.code for stream in outcomes for o in stream] == ["AA"] * 4
+    assert (_batches()[0] - before[0], _batches()[1] - before[1]) == (batches, 4)
+
+
+@postgresql_only
+def test_a_lone_sender_never_waits_to_gather(ctx, run) -> None:
+    # However long the gathering may last, a sender alone (the other has finished) is the whole batch.
+    group = batched(ctx, gather=60.0)
+    stream = [adt("A01", "W1"), adt("A08", "W2", event="20240301111200"), adt("A08", "W3", event="20240301121200")]
+    other = [adt("A01", "W4", nhs=NHS_B, mrn="RR80000004", visit="V0000004")]
+
+    async def in_time() -> list[list[IngestOutcome]]:
+        return await asyncio.wait_for(senders_at_once(group, [stream, other]), timeout=20)
+
+    outcomes = run(in_time())
+    assert [o.code for stream in outcomes for o in stream] == ["AA"] * 4
+
+
+@postgresql_only
 def test_group_commit_is_configured_by_the_environment(ctx) -> None:
     assert GroupCommit.from_environment(ctx.db, Clock(), {"SHAREDCARE_INGEST_GROUP_COMMIT": "0"}) is None
     made = GroupCommit.from_environment(ctx.db, Clock(), {"SHAREDCARE_INGEST_MAX_BATCH": "8",
-                                                          "SHAREDCARE_INGEST_BATCHES_IN_FLIGHT": "3"})
-    assert made is not None and (made.max_batch, made.concurrency) == (8, 3)
+                                                          "SHAREDCARE_INGEST_BATCHES_IN_FLIGHT": "3",
+                                                          "SHAREDCARE_INGEST_GATHER_MS": "1.5"})
+    assert made is not None and (made.max_batch, made.concurrency, made.gather) == (8, 3, 0.0015)
+    defaults = GroupCommit.from_environment(ctx.db, Clock(), {})
+    assert defaults is not None and (defaults.concurrency, defaults.gather) == (1, 0.003)
 
 
 # -- helpers --------------------------------------------------------------------------------------------
