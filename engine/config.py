@@ -47,12 +47,20 @@ def default_sqlite_url(home: Path) -> str:
     return f"sqlite+aiosqlite:///{home / 'sharedcare.db'}"
 
 
+def configured_base_url(environ: dict[str, str] | None = None) -> str:
+    """`Settings.base_url` alone (SHAREDCARE_BASE_URL, else from the HTTP host and port), without the rest
+    of `load_settings` — which resolves paths and parses the database URL (~240 µs): for hot paths such as
+    the discharge documents ingest issues."""
+    port = int(_env("SHAREDCARE_HTTP_PORT", "8080", environ) or 8080)
+    host = _env("SHAREDCARE_HTTP_HOST", "127.0.0.1", environ) or "127.0.0.1"
+    return (_env("SHAREDCARE_BASE_URL", f"http://{host}:{port}/fhir", environ) or "").rstrip("/")
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Read `SHAREDCARE_*` variables; defaults give an embedded SQLite server on 127.0.0.1:8080."""
     home = Path(_env("SHAREDCARE_HOME", "var", environ) or "var").resolve()
     port = int(_env("SHAREDCARE_HTTP_PORT", "8080", environ) or 8080)
     host = _env("SHAREDCARE_HTTP_HOST", "127.0.0.1", environ) or "127.0.0.1"
-    base = _env("SHAREDCARE_BASE_URL", f"http://{host}:{port}/fhir", environ)
     jwks_file = _env("SHAREDCARE_AUTH_JWKS_FILE", None, environ)
     algorithms = _env("SHAREDCARE_AUTH_ALGORITHMS", "RS256,ES256", environ) or "RS256,ES256"
     return Settings(
@@ -63,7 +71,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         http_host=host,
         http_port=port,
         mllp_port=int(_env("SHAREDCARE_MLLP_PORT", "2575", environ) or 2575),
-        base_url=(base or "").rstrip("/"),
+        base_url=configured_base_url(environ),
         auth_issuer=_env("SHAREDCARE_AUTH_ISSUER", "sharedcare-dev", environ) or "sharedcare-dev",
         auth_audience=_env("SHAREDCARE_AUTH_AUDIENCE", "sharedcare", environ) or "sharedcare",
         auth_jwks_url=_env("SHAREDCARE_AUTH_JWKS_URL", None, environ),

@@ -204,9 +204,9 @@ async def _store(
 
 
 def _configured_base_url() -> str:
-    from engine.config import load_settings
+    from engine.config import configured_base_url
 
-    return load_settings().base_url
+    return configured_base_url()
 
 
 # -- reading ---------------------------------------------------------------------------------------
