@@ -7,14 +7,16 @@ The MLLP listener's messages therefore go through one `GroupCommit` per process 
 applies it in one transaction, while what arrives meanwhile queues for the next batch.
 
 A batch costs ~2 ms of CPU however few messages it holds, so before taking one the runner gathers
-(`_gather`): it waits until a message is queued from every caller (an MLLP connection's task) that
-submitted one in the last `ACTIVE_SECONDS`, or for `gather` seconds (SHAREDCARE_INGEST_GATHER_MS),
-whichever comes first. A lone feed's messages never wait; senders that each wait for their ACK, whose
-next messages arrive a little after the batch that answered them, share batches instead of each taking
-one of its own, and a message costs less CPU (docs/mllp.md, "Throughput"). Up to `concurrency` runners
-work at once (SHAREDCARE_INGEST_BATCHES_IN_FLIGHT); messages about one person in two batches are applied
-one at a time by the advisory locks, and each connection submits its next message only once the
-previous one is answered.
+(`_gather`). A sender that waits for its ACK and has more to send sends its next message a moment after
+its answer: without gathering, the first of those next messages took a batch of its own and the others
+followed in small ones. So each caller (an MLLP connection's task) is watched: one whose last message
+followed its previous answer within `STREAMING_GAP` is *streaming*, and the runner waits until every
+streaming caller the last batch answered has submitted again, or for `gather` seconds
+(SHAREDCARE_INGEST_GATHER_MS), whichever comes first. A lone feed never waits for anyone, a slow feed
+(a message now and then) never holds up a busy one, and a caller whose connection closes is not waited
+for. Up to `concurrency` runners work at once (SHAREDCARE_INGEST_BATCHES_IN_FLIGHT); messages about one
+person in two batches are applied one at a time by the advisory locks, and each connection submits its
+next message only once the previous one is answered.
 
 In the transaction (docs/hl7v2-ingest.md, "Group commit"):
 
@@ -45,6 +47,7 @@ import asyncio
 import itertools
 import logging
 import os
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,7 +81,7 @@ ROLLED_BACK = Counter("sharedcare_ingest_batches_rolled_back_total",
 DEFAULT_MAX_BATCH = 32
 DEFAULT_CONCURRENCY = 1
 DEFAULT_GATHER_MS = 3.0
-ACTIVE_SECONDS = 0.25  # a caller that submitted within this is expected to submit again
+STREAMING_GAP = 0.05  # s: a caller that sent its next message this soon after its answer has more to send
 
 
 class ApplyAlone(Exception):
@@ -103,6 +106,7 @@ class _Entry:
     result: MappingResult
     future: asyncio.Future[IngestOutcome]
     arrival: int
+    caller: asyncio.Task[Any] | None  # the task that submitted it (an MLLP connection's)
     lock_keys: frozenset[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +123,14 @@ class _Entry:
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
+
+
+@dataclass(slots=True)
+class _Caller:
+    """What gathering knows of one caller."""
+
+    answered_at: float | None = None  # loop time of its last answer, until it submits again
+    streaming: bool = False  # its last message followed its previous answer within STREAMING_GAP
 
 
 @dataclass(eq=False)
@@ -142,7 +154,8 @@ class GroupCommit:
         self.max_batch = max(1, max_batch)
         self.concurrency = max(1, concurrency)
         self.gather = max(0.0, gather)
-        self._callers: dict[asyncio.Task[Any], float] = {}  # caller → when it last submitted (loop time)
+        self._callers: weakref.WeakKeyDictionary[asyncio.Task[Any], _Caller] = weakref.WeakKeyDictionary()
+        self._awaited: list[asyncio.Task[Any]] = []  # the streaming callers the last batch answered
         self._submitted = asyncio.Event()  # set by each `submit`: wakes the runners gathering
         self._queue: deque[_Entry] = deque()
         self._runners: set[asyncio.Task[None]] = set()
@@ -167,12 +180,15 @@ class GroupCommit:
         Raises `MappingError` when its plan fails (the caller stores it as failed) and `ApplyAlone`
         when the batch could not take it.
         """
-        entry = _Entry(job, message, sender, result, asyncio.get_running_loop().create_future(),
-                       next(self._arrivals))
-        self._queue.append(entry)
+        loop = asyncio.get_running_loop()
         caller = asyncio.current_task()
-        if caller is not None:
-            self._callers[caller] = asyncio.get_running_loop().time()
+        entry = _Entry(job, message, sender, result, loop.create_future(), next(self._arrivals), caller)
+        self._queue.append(entry)
+        if caller is not None and self.gather > 0:
+            watched = self._callers.setdefault(caller, _Caller())
+            if watched.answered_at is not None:
+                watched.streaming = loop.time() - watched.answered_at <= STREAMING_GAP
+                watched.answered_at = None
         self._submitted.set()
         if len(self._runners) < self.concurrency:
             runner = asyncio.create_task(self._run())
@@ -199,23 +215,40 @@ class GroupCommit:
                 self._runners.discard(current)
 
     async def _gather(self) -> None:
-        """Wait until as many messages are queued as there are active callers, or `gather` seconds (module
-        docstring)."""
-        if self.gather <= 0:
+        """Wait until every streaming caller the last batch answered has submitted again (or its task has
+        ended), the batch is full, or `gather` seconds have passed (module docstring)."""
+        if self.gather <= 0 or not self._awaited:
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        for caller in [c for c, last in self._callers.items() if now - last > ACTIVE_SECONDS or c.done()]:
-            del self._callers[caller]
-        wanted = min(len(self._callers), self.max_batch)
-        deadline = now + self.gather
-        while len(self._queue) < wanted and (left := deadline - loop.time()) > 0:
+        deadline = loop.time() + self.gather
+        while len(self._queue) < self.max_batch and (left := deadline - loop.time()) > 0:
+            if not any(self._awaits(caller) for caller in self._awaited):
+                return
             self._submitted.clear()
             try:
                 async with asyncio.timeout(left):
                     await self._submitted.wait()
             except TimeoutError:
                 return
+
+    def _awaits(self, caller: asyncio.Task[Any]) -> bool:
+        """Whether `caller`, answered by the last batch, has not submitted since (nor ended). (After a quiet
+        spell the first batch may so wait `gather` seconds once, for callers that had stopped.)"""
+        watched = self._callers.get(caller)
+        return watched is not None and watched.answered_at is not None and not caller.done()
+
+    def _answered(self, entries: list[_Entry]) -> None:
+        """Note the callers answered: the streaming ones among them are awaited by the next `_gather`."""
+        if self.gather <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        self._awaited = []
+        for entry in entries:
+            watched = self._callers.get(entry.caller) if entry.caller is not None else None
+            if watched is not None:
+                watched.answered_at = now
+                if watched.streaming and entry.caller is not None:
+                    self._awaited.append(entry.caller)
 
     async def _apply(self, batch: list[_Entry]) -> list[_Entry]:
         """Apply `batch` in one transaction; the entries left for the next batch."""
@@ -244,6 +277,7 @@ class GroupCommit:
             item.entry.answer(item.entry.job.processed(item.record, item.message_id))
         for entry, error in failed:
             entry.fail(error)
+        self._answered([item.entry for item in staged] + [entry for entry, _ in failed])
         return deferred + later
 
     async def _apply_in(self, conn: Any, batch: list[_Entry]

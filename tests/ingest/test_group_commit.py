@@ -263,41 +263,70 @@ def test_a_message_sent_as_the_last_batch_ends_gets_a_runner(ctx, run) -> None:
 
 
 @postgresql_only
-@pytest.mark.parametrize(("gather", "batches"), [(30.0, 2), (0.0, 3)])
-def test_senders_answered_together_share_the_next_batch(ctx, run, gather, batches) -> None:
-    # Two senders, each waiting for its answer; the second takes a moment to send its next message. The
-    # batch that follows the one answering them both waits for it (up to `gather` seconds), rather than
-    # being written for the first sender's message alone.
+@pytest.mark.parametrize(("gather", "batches"), [(30.0, 3), (0.0, 4)])
+def test_streaming_senders_answered_together_share_the_next_batch(ctx, run, gather, batches) -> None:
+    # Two senders, each sending its next message as soon as it is answered — but the second takes a
+    # moment before its third. The batch after the one that answered them both waits for it (up to
+    # `gather` seconds) rather than being written for the first sender's message alone.
     assert run(ingest(ctx, adt("A01", "G0", nhs=NHS_C, mrn="RR80000003", visit="V0000003"))).code == "AA"
     group = batched(ctx, gather=gather)  # the shared Organization, Location and doctor exist from now on
 
-    async def sender(nhs: str, n: int, pause: float) -> list[IngestOutcome]:
-        first = await ingest(group, adt("A01", f"G{n}-1", nhs=nhs, mrn=f"RR8{n:07d}", visit=f"V{n:07d}"))
-        await asyncio.sleep(pause)
-        return [first, await ingest(group, adt("A08", f"G{n}-2", nhs=nhs, mrn=f"RR8{n:07d}", visit=f"V{n:07d}",
-                                                event="20240301111200"))]
+    async def sender(nhs: str, n: int, pause_before_third: float) -> list[IngestOutcome]:
+        mrn, visit = f"RR8{n:07d}", f"V{n:07d}"
+        outcomes = [await ingest(group, adt("A01", f"G{n}-1", nhs=nhs, mrn=mrn, visit=visit)),
+                    await ingest(group, adt("A08", f"G{n}-2", nhs=nhs, mrn=mrn, visit=visit, event="20240301111200"))]
+        await asyncio.sleep(pause_before_third)
+        return [*outcomes, await ingest(group, adt("A08", f"G{n}-3", nhs=nhs, mrn=mrn, visit=visit,
+                                                   event="20240301121200"))]
 
     async def both() -> list[list[IngestOutcome]]:
-        return list(await asyncio.wait_for(asyncio.gather(sender(NHS_A, 1, 0), sender(NHS_B, 2, 0.05)), timeout=20))
+        return list(await asyncio.wait_for(asyncio.gather(sender(NHS_A, 1, 0), sender(NHS_B, 2, 0.1)), timeout=20))
 
     before = _batches()
     outcomes = run(both())
-    assert [o.code for stream in outcomes for o in stream] == ["AA"] * 4
-    assert (_batches()[0] - before[0], _batches()[1] - before[1]) == (batches, 4)
+    assert [o.code for stream in outcomes for o in stream] == ["AA"] * 6
+    # Together: the first messages, the second ones, then (gathering) the third ones; or apart at the end.
+    assert (_batches()[0] - before[0], _batches()[1] - before[1]) == (batches, 6)
+
+
+@postgresql_only
+def test_a_slow_sender_never_holds_up_a_busy_one(ctx, run) -> None:
+    # The slow sender sends a message as the busy one starts, and its next only much later: it is not
+    # streaming, so however long gathering may last the busy sender never waits for it.
+    assert run(ingest(ctx, adt("A01", "S0", nhs=NHS_C, mrn="RR80000003", visit="V0000003"))).code == "AA"
+    group = batched(ctx, gather=60.0)
+    busy = [adt("A01", "S1"), *(adt("A08", f"S{n}", event=f"202403011{n}1200") for n in range(2, 6))]
+    slow = [adt("A01", "S6", nhs=NHS_B, mrn="RR80000006", visit="V0000006"),
+            adt("A08", "S7", nhs=NHS_B, mrn="RR80000006", visit="V0000006", event="20240301111200")]
+
+    async def slowly() -> list[IngestOutcome]:
+        first = await ingest(group, slow[0])
+        await asyncio.sleep(5)
+        return [first, await ingest(group, slow[1])]
+
+    async def both() -> tuple[list[IngestOutcome], list[IngestOutcome]]:
+        waiting = asyncio.ensure_future(slowly())
+        busy_outcomes = await asyncio.wait_for(senders_at_once(group, [busy]), timeout=3)
+        return busy_outcomes[0], await waiting
+
+    busy_outcomes, slow_outcomes = run(both())
+    assert [o.code for o in busy_outcomes + slow_outcomes] == ["AA"] * 7
 
 
 @postgresql_only
 def test_a_lone_sender_never_waits_to_gather(ctx, run) -> None:
     # However long the gathering may last, a sender alone (the other has finished) is the whole batch.
-    group = batched(ctx, gather=60.0)
+    assert run(ingest(ctx, adt("A01", "W0", nhs=NHS_C, mrn="RR80000003", visit="V0000003"))).code == "AA"
+    group = batched(ctx, gather=60.0)  # the shared Organization, Location and doctor exist from now on
     stream = [adt("A01", "W1"), adt("A08", "W2", event="20240301111200"), adt("A08", "W3", event="20240301121200")]
-    other = [adt("A01", "W4", nhs=NHS_B, mrn="RR80000004", visit="V0000004")]
+    other = [adt("A01", "W4", nhs=NHS_B, mrn="RR80000004", visit="V0000004"),
+             adt("A08", "W5", nhs=NHS_B, mrn="RR80000004", visit="V0000004", event="20240301111200")]
 
     async def in_time() -> list[list[IngestOutcome]]:
         return await asyncio.wait_for(senders_at_once(group, [stream, other]), timeout=20)
 
     outcomes = run(in_time())
-    assert [o.code for stream in outcomes for o in stream] == ["AA"] * 4
+    assert [o.code for stream in outcomes for o in stream] == ["AA"] * 5
 
 
 @postgresql_only
