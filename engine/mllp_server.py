@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import re
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,7 +38,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from adapters.hl7v2.framing import FrameDecoder, FramingError, frame
 from engine.ingest.pipeline import IngestUnavailable
-from engine.ingest.worker_processes import start_workers, stop_workers
+from engine.ingest.worker_processes import Worker, start_workers, stop_workers
 from engine.observability import REGISTRY
 
 log = logging.getLogger("sharedcare.mllp")
@@ -83,7 +84,7 @@ class MllpConfig:
     shutdown_grace: float = 30.0  # seconds for connections to finish their received messages on stop()
     handshake_timeout: float = 10.0
     processes: int = 1  # ingest processes sharing the port (engine/ingest/worker_processes.py)
-    reuse_port: bool = False  # bind with SO_REUSEPORT (always when processes > 1)
+    handoff_fd: int | None = None  # an ingest process's end of the hand-off socket: take connections from it
 
 
 def mllp_config_from_env(port: int, environ: Mapping[str, str] | None = None) -> MllpConfig:
@@ -113,6 +114,14 @@ def mllp_config_from_env(port: int, environ: Mapping[str, str] | None = None) ->
     )
 
 
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP listening socket on (host, port), SO_REUSEADDR as asyncio's servers bind."""
+    listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=1024)
+    listener.setblocking(False)
+    return listener
+
+
 def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
     """A TLS ≥ 1.2 server context; with `client_ca`, clients must present a certificate it signed (mTLS)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -135,32 +144,136 @@ class MllpServer:
         self.ctx = ctx
         self.config = config
         self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None  # with ingest processes: accepted here, then handed out
+        self._accepting: asyncio.Task[None] | None = None
+        self._handoff: socket.socket | None = None  # an ingest process: where its connections come from
+        self._opening = 0  # connections accepted here whose streams are not set up yet
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._ids = itertools.count(1)
         self._stopping = False
-        self._workers: list[Any] = []
+        self._workers: list[Worker] = []
+        self._next_worker = 0  # where the search for the least busy process starts: ties take turns
 
     @property
     def port(self) -> int:
         """The bound port (the ephemeral one when configured with port 0)."""
+        if self._listener is not None:
+            return self._listener.getsockname()[1]
         if self._server is None or not self._server.sockets:
             raise RuntimeError("the MLLP server is not listening")
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.config.host, self.config.port, ssl=self.config.ssl_context,
-            ssl_handshake_timeout=self.config.handshake_timeout if self.config.ssl_context else None,
-            limit=_READ_CHUNK, reuse_address=True, reuse_port=self.config.reuse_port or self.config.processes > 1,
-        )
-        if self.config.processes > 1:  # the others bind the same port (SO_REUSEPORT) in processes of their own
-            self._workers = await asyncio.to_thread(start_workers, self.config.processes - 1, self.port,
+        loop = asyncio.get_running_loop()
+        if self.config.handoff_fd is not None:  # an ingest process: the main process accepts for it
+            self._handoff = socket.socket(fileno=self.config.handoff_fd)
+            self._handoff.setblocking(False)
+            loop.add_reader(self._handoff.fileno(), self._take_connections)
+            return
+        if self.config.processes > 1:
+            self._listener = _listening_socket(self.config.host, self.config.port)
+            self._workers = await asyncio.to_thread(start_workers, self.config.processes - 1,
                                                     log.getEffectiveLevel())
+            for worker in self._workers:
+                loop.add_reader(worker.channel.fileno(), self._hear_from, worker)
+            self._accepting = asyncio.create_task(self._accept_and_share())
+        else:
+            self._server = await asyncio.start_server(
+                self._accept, self.config.host, self.config.port, ssl=self.config.ssl_context,
+                ssl_handshake_timeout=self.config.handshake_timeout if self.config.ssl_context else None,
+                limit=_READ_CHUNK, reuse_address=True,
+            )
         log.info("mllp listening", extra={"fields": {
             "host": self.config.host, "port": self.port, "tls": self.config.ssl_context is not None,
             "mutual_tls": bool(self.config.ssl_context and self.config.ssl_context.verify_mode == ssl.CERT_REQUIRED),
             "processes": 1 + len(self._workers),
         }})
+
+    # -- several ingest processes: the main process accepts and gives each connection to the least busy ----
+
+    async def _accept_and_share(self) -> None:
+        """Accept connections for ever; each goes to the process holding the fewest open connections."""
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                accepted, _ = await loop.sock_accept(self._listener)
+            except OSError as exc:  # e.g. too many open files: log, breathe, go on
+                log.warning("mllp accept failed", extra={"fields": {"error": type(exc).__name__}})
+                await asyncio.sleep(0.1)
+                continue
+            worker = self._least_busy()
+            if worker is not None and worker.hand(accepted):
+                continue
+            self._open(accepted)
+
+    def _least_busy(self) -> Worker | None:
+        """The ingest process to take the next connection, or None for this one (ties take turns)."""
+        here = len(self._connections) + self._opening
+        alive = [w for w in self._workers if w.alive]
+        if not alive:
+            return None
+        start = self._next_worker % (len(alive) + 1)
+        self._next_worker += 1
+        candidates: list[tuple[int, int, Worker | None]] = [(here, 0, None)]
+        candidates += [(w.connections, n, w) for n, w in enumerate(alive, start=1)]
+        ordered = candidates[start:] + candidates[:start]
+        return min(ordered, key=lambda c: c[0])[2]
+
+    def _hear_from(self, worker: Worker) -> None:
+        """A worker's channel is readable: connections it has closed, or its end (it has stopped)."""
+        if not worker.hear():
+            asyncio.get_running_loop().remove_reader(worker.channel.fileno())
+
+    def _take_connections(self) -> None:
+        """An ingest process's hand-off socket is readable: connections from the main process."""
+        assert self._handoff is not None
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self._handoff, 64, 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data and not fds:  # the main process has gone: its watcher stops this one
+                asyncio.get_running_loop().remove_reader(self._handoff.fileno())
+                return
+            for fd in fds:
+                self._open(socket.socket(fileno=fd))
+
+    def _open(self, accepted: socket.socket) -> None:
+        """Serve a connection accepted elsewhere (by `_accept_and_share`, here or in the main process)."""
+        self._opening += 1
+        asyncio.create_task(self._serve_accepted(accepted))
+
+    async def _serve_accepted(self, accepted: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_READ_CHUNK)
+        protocol = asyncio.StreamReaderProtocol(reader, self._accept_counted)
+        try:
+            await loop.connect_accepted_socket(
+                lambda: protocol, accepted, ssl=self.config.ssl_context,
+                ssl_handshake_timeout=self.config.handshake_timeout if self.config.ssl_context else None)
+        except (OSError, ssl.SSLError, TimeoutError) as exc:  # a failed TLS handshake, a reset
+            self._opening -= 1
+            accepted.close()
+            log.info("mllp connection not set up", extra={"fields": {"error": type(exc).__name__}})
+            self._closed()
+
+    async def _accept_counted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._opening -= 1
+        try:
+            await self._accept(reader, writer)
+        finally:
+            self._closed()
+
+    def _closed(self) -> None:
+        """Tell the main process that a connection it handed here has closed (it counts them)."""
+        if self._handoff is not None:
+            try:
+                self._handoff.send(b"-")
+            except OSError:  # the main process has gone
+                pass
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting and reading; give connections `grace` seconds to acknowledge what they received."""
@@ -170,6 +283,14 @@ class MllpServer:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+            self._accepting = None
+        if self._listener is not None:
+            self._listener.close()
+        if self._handoff is not None:
+            asyncio.get_running_loop().remove_reader(self._handoff.fileno())
         for connection in list(self._connections.values()):
             connection.stop_reading()
         stopping_workers = None
@@ -185,6 +306,9 @@ class MllpServer:
                 await asyncio.gather(*pending, return_exceptions=True)
         if stopping_workers is not None:
             await stopping_workers
+            for worker in self._workers:
+                asyncio.get_running_loop().remove_reader(worker.channel.fileno())
+                worker.channel.close()
             self._workers = []
         if self._server is not None:
             await self._server.wait_closed()
@@ -245,7 +369,7 @@ class _Connection:
         self._reading: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        log.info("mllp connection opened", extra={"fields": {"conn": self.id, "peer": self.peer,
+        log.info("mllp connection opened", extra={"fields": {"conn": self.id, "peer": self.peer, "process": os.getpid(),
                                                              "tls_client": _tls_client(self.writer)}})
         self._reading = asyncio.create_task(self._read())
         answering = asyncio.create_task(self._answer())

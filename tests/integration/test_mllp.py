@@ -12,6 +12,7 @@ Two kinds of test:
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import json
 import logging
@@ -417,9 +418,13 @@ def test_serve_with_two_workers_runs_mllp_beside_them_and_stops_cleanly(database
         _kill_group(process)
 
 
-def test_several_ingest_processes_share_the_port_and_stop_together(database_url, clean_store, tmp_path: Path) -> None:
-    """SHAREDCARE_MLLP_PROCESSES=3: three processes listen on one port (SO_REUSEPORT); connections spread
-    over them, each message is acknowledged AA after its commit, and SIGTERM stops them all."""
+def test_several_ingest_processes_share_the_connections_evenly_and_stop_together(database_url, clean_store,
+                                                                                  tmp_path: Path) -> None:
+    """SHAREDCARE_MLLP_PROCESSES=3: the server alone listens and gives each new connection to the process
+    holding the fewest (engine/ingest/worker_processes.py); each message is acknowledged AA after its commit,
+    a closed connection frees its place, and SIGTERM stops them all."""
+    import contextlib
+
     from hl7.client import MLLPClient
     from sqlalchemy import create_engine, text
 
@@ -428,17 +433,73 @@ def test_several_ingest_processes_share_the_port_and_stop_together(database_url,
     process, log, env = _serve_process(tmp_path, database_url, 1, SHAREDCARE_MLLP_PROCESSES="3",
                                        SHAREDCARE_DELIVERY_ENABLED="0")
     mllp_port = int(env["SHAREDCARE_MLLP_PORT"])
-    try:
-        _wait_until(lambda: len(_listening_pids(mllp_port)) >= 3, process, log)
-        assert process.pid in _listening_pids(mllp_port)
-        for n in range(12):  # a connection each: the kernel spreads them over the processes
-            with MLLPClient("127.0.0.1", mllp_port) as client:
+
+    def log_lines(message: str) -> list[dict[str, Any]]:
+        lines = (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
+        return [line for line in lines if line.get("msg") == message]
+
+    def serving_processes(clients: int, first: int) -> list[int]:
+        """Open `clients` connections at once, send a message on each; how many each process serves."""
+        closed = len(log_lines("mllp connection closed")) + clients
+        with contextlib.ExitStack() as stack:
+            connections = [stack.enter_context(MLLPClient("127.0.0.1", mllp_port)) for _ in range(clients)]
+            for n, client in enumerate(connections, start=first):
                 assert msa(client.send_message(adt(200 + n, control_id=f"PROC-{n}"))) == ("AA", f"PROC-{n}")
+            opened = log_lines("mllp connection opened")[-clients:]
+        _wait_until(lambda: len(log_lines("mllp connection closed")) >= closed, process, log)
+        time.sleep(0.5)  # each closing process tells the listener; let it hear before the next connections
+        return sorted(collections.Counter(line["process"] for line in opened).values())
+
+    try:
+        _wait_until(lambda: process.pid in _listening_pids(mllp_port), process, log)
+        assert _listening_pids(mllp_port) == {process.pid}  # the others are given connections, not the port
+        assert serving_processes(6, 0) == [2, 2, 2]
+        assert serving_processes(3, 6) == [1, 1, 1]  # the six closed: every process was free again
         store = create_engine(sync_database_url(database_url))
         with store.connect() as conn:
             stored = conn.execute(text("SELECT count(*) FROM hl7_messages WHERE control_id LIKE 'PROC-%'")).scalar()
         store.dispose()
-        assert stored == 12
+        assert stored == 9
+        _stop_and_check_nothing_is_left(process, log)
+    finally:
+        _kill_group(process)
+
+
+def test_tls_connections_are_handed_to_ingest_processes_before_their_handshake(database_url, clean_store,
+                                                                                tmp_path: Path) -> None:
+    """With mutual TLS and 2 processes, two connections at once: one is served by the listener, the other by
+    the ingest process it was handed to (the handshake, client certificate included, happens there)."""
+    from hl7.mllp import open_hl7_connection
+
+    pki = make_pki(tmp_path)
+    process, log, env = _serve_process(tmp_path, database_url, 1, SHAREDCARE_MLLP_PROCESSES="2",
+                                       SHAREDCARE_DELIVERY_ENABLED="0",
+                                       SHAREDCARE_MLLP_TLS_CERT=str(pki["server_cert"]),
+                                       SHAREDCARE_MLLP_TLS_KEY=str(pki["server_key"]),
+                                       SHAREDCARE_MLLP_TLS_CLIENT_CA=str(pki["ca_cert"]))
+    mllp_port = int(env["SHAREDCARE_MLLP_PORT"])
+    client_context = ssl.create_default_context(cafile=str(pki["ca_cert"]))
+    client_context.load_cert_chain(str(pki["client_cert"]), str(pki["client_key"]))
+
+    async def both() -> list[tuple[str, str]]:
+        connections = [await open_hl7_connection("127.0.0.1", mllp_port, ssl=client_context,
+                                                 server_hostname="localhost", encoding="utf-8") for _ in range(2)]
+        acks = []
+        for n, (reader, writer) in enumerate(connections):
+            writer.writemessage(adt(300 + n, control_id=f"TLSP-{n}"))
+            await writer.drain()
+            acks.append(msa(str(await asyncio.wait_for(reader.readmessage(), 30))))
+        for _, writer in connections:
+            writer.close()
+        return acks
+
+    try:
+        _wait_until(lambda: process.pid in _listening_pids(mllp_port), process, log)
+        assert asyncio.run(both()) == [("AA", "TLSP-0"), ("AA", "TLSP-1")]
+        opened = [json.loads(line) for line in log.read_text().splitlines()
+                  if line.startswith("{") and '"mllp connection opened"' in line]
+        assert len({line["process"] for line in opened}) == 2
+        assert {line["tls_client"] for line in opened} == {"RR8-PAS"}
         _stop_and_check_nothing_is_left(process, log)
     finally:
         _kill_group(process)
