@@ -148,6 +148,7 @@ class MllpServer:
         self._accepting: asyncio.Task[None] | None = None
         self._handoff: socket.socket | None = None  # an ingest process: where its connections come from
         self._opening = 0  # connections accepted here whose streams are not set up yet
+        self._setting_up: set[asyncio.Task[None]] = set()  # their tasks (held: the loop keeps weak references)
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._ids = itertools.count(1)
         self._stopping = False
@@ -244,7 +245,9 @@ class MllpServer:
     def _open(self, accepted: socket.socket) -> None:
         """Serve a connection accepted elsewhere (by `_accept_and_share`, here or in the main process)."""
         self._opening += 1
-        asyncio.create_task(self._serve_accepted(accepted))
+        task = asyncio.create_task(self._serve_accepted(accepted))
+        self._setting_up.add(task)
+        task.add_done_callback(self._setting_up.discard)
 
     async def _serve_accepted(self, accepted: socket.socket) -> None:
         loop = asyncio.get_running_loop()
