@@ -74,6 +74,12 @@ log = logging.getLogger("sharedcare.ingest")
 
 BATCH_SIZE = Histogram("sharedcare_ingest_batch_messages", "HL7 v2 messages applied per group-commit transaction",
                        registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+GATHERS = Counter("sharedcare_ingest_gathers_total",
+                  "Group-commit gathers that waited for streaming senders, by how they ended: all of them in "
+                  "(complete), the batch full (full), SHAREDCARE_INGEST_GATHER_MS reached (timeout)", ["outcome"],
+                  registry=REGISTRY)
+GATHER_WAIT = Histogram("sharedcare_ingest_gather_seconds", "Time a group-commit batch waited for streaming senders",
+                        registry=REGISTRY, buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.03, 0.1))
 ROLLED_BACK = Counter("sharedcare_ingest_batches_rolled_back_total",
                       "Group-commit transactions rolled back, their messages then applied one by one", ["reason"],
                       registry=REGISTRY)
@@ -217,19 +223,28 @@ class GroupCommit:
     async def _gather(self) -> None:
         """Wait until every streaming caller the last batch answered has submitted again (or its task has
         ended), the batch is full, or `gather` seconds have passed (module docstring)."""
-        if self.gather <= 0 or not self._awaited:
+        if self.gather <= 0 or not any(self._awaits(caller) for caller in self._awaited):
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.gather
-        while len(self._queue) < self.max_batch and (left := deadline - loop.time()) > 0:
+        started = loop.time()
+        outcome = await self._wait_for_awaited(loop, started + self.gather)
+        GATHERS.labels(outcome).inc()
+        GATHER_WAIT.observe(loop.time() - started)
+
+    async def _wait_for_awaited(self, loop: asyncio.AbstractEventLoop, deadline: float) -> str:
+        """Wait until the awaited callers are in, the batch is full or `deadline`: which came first."""
+        while len(self._queue) < self.max_batch:
             if not any(self._awaits(caller) for caller in self._awaited):
-                return
+                return "complete"
+            if (left := deadline - loop.time()) <= 0:
+                return "timeout"
             self._submitted.clear()
             try:
                 async with asyncio.timeout(left):
                     await self._submitted.wait()
             except TimeoutError:
-                return
+                return "timeout"
+        return "full"
 
     def _awaits(self, caller: asyncio.Task[Any]) -> bool:
         """Whether `caller`, answered by the last batch, has not submitted since (nor ended). (After a quiet

@@ -17,7 +17,7 @@ from sqlalchemy import event, select, text
 
 from engine.db.database import Database
 from engine.ingest import store
-from engine.ingest.group_commit import BATCH_SIZE, ROLLED_BACK, GroupCommit
+from engine.ingest.group_commit import BATCH_SIZE, GATHERS, ROLLED_BACK, GroupCommit
 from engine.ingest.pipeline import IngestContext, IngestOutcome
 
 from ..conftest import BACKEND
@@ -282,11 +282,12 @@ def test_streaming_senders_answered_together_share_the_next_batch(ctx, run, gath
     async def both() -> list[list[IngestOutcome]]:
         return list(await asyncio.wait_for(asyncio.gather(sender(NHS_A, 1, 0), sender(NHS_B, 2, 0.1)), timeout=20))
 
-    before = _batches()
+    before, gathered = _batches(), _gathers()
     outcomes = run(both())
     assert [o.code for stream in outcomes for o in stream] == ["AA"] * 6
     # Together: the first messages, the second ones, then (gathering) the third ones; or apart at the end.
     assert (_batches()[0] - before[0], _batches()[1] - before[1]) == (batches, 6)
+    assert _gathers() - gathered == (1 if gather else 0)  # the one wait, complete when the second sender sent
 
 
 @postgresql_only
@@ -347,6 +348,11 @@ def _batches() -> tuple[float, float]:
     """(batches, messages) the group commit histogram has seen so far in this process."""
     samples = {s.name: s.value for metric in BATCH_SIZE.collect() for s in metric.samples}
     return samples["sharedcare_ingest_batch_messages_count"], samples["sharedcare_ingest_batch_messages_sum"]
+
+
+def _gathers(outcome: str = "complete") -> float:
+    return sum(s.value for metric in GATHERS.collect() for s in metric.samples
+               if s.name.endswith("_total") and s.labels.get("outcome") == outcome)
 
 
 def _rolled_back() -> float:
