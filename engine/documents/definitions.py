@@ -83,33 +83,32 @@ class DocumentDefinition:
     headings: tuple[Heading, ...]
     receive_default: bool = False
 
-    @property
-    def resource_types(self) -> tuple[str, ...]:
-        """The resource types the headings query, sorted (what the gatherer fetches)."""
-        return tuple(sorted({s.type for h in self.headings for s in h.sources if s.type}))
+    # What a reader of the patient's record needs, worked out once from the headings (`__post_init__`):
+    # documents are gathered and discharges raised many times over with the same definition.
+    resource_types: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """The resource types the headings query, sorted (what the gatherer fetches)."""
+    encounter_scoped_types: frozenset[str] = field(init=False, repr=False, compare=False)
+    """The types every source of which is scoped to the encounter: only the resources that reference it
+    can be selected, so a reader need not fetch the rest of the patient's (a lifetime of results). Only
+    types with an `encounter` search parameter: a reader finds them by its index rows."""
+    status_scoped_types: Mapping[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+    """The types every source of which keeps only some statuses (`where` on `status`), with the statuses
+    any of them keeps: a reader need not fetch the others (a lifetime of completed lab orders). Only
+    types with a `status` search parameter (a Flag has none)."""
 
-    @property
-    def encounter_scoped_types(self) -> frozenset[str]:
-        """The types every source of which is scoped to the encounter: only the resources that reference it
-        can be selected, so a reader need not fetch the rest of the patient's (a lifetime of results). Only
-        types with an `encounter` search parameter: a reader finds them by its index rows."""
-        return frozenset(t for t in self.resource_types if _searchable(t, "encounter", "reference")
-                         and all(s.scope == "encounter" for s in self._sources_of(t)))
-
-    @property
-    def status_scoped_types(self) -> dict[str, frozenset[str]]:
-        """The types every source of which keeps only some statuses (`where` on `status`), with the statuses
-        any of them keeps: a reader need not fetch the others (a lifetime of completed lab orders). Only
-        types with a `status` search parameter (a Flag has none)."""
-        scoped = {}
-        for res_type in self.resource_types:
-            wheres = [s.where.get("status") for s in self._sources_of(res_type)]
+    def __post_init__(self) -> None:
+        types = tuple(sorted({s.type for h in self.headings for s in h.sources if s.type}))
+        sources = {t: [s for h in self.headings for s in h.sources if s.type == t] for t in types}
+        encounter_scoped = frozenset(t for t in types if _searchable(t, "encounter", "reference")
+                                     and all(s.scope == "encounter" for s in sources[t]))
+        status_scoped = {}
+        for res_type in types:
+            wheres = [s.where.get("status") for s in sources[res_type]]
             if all(wheres) and _searchable(res_type, "status", "token"):
-                scoped[res_type] = frozenset(code for codes in wheres if codes for code in codes)
-        return scoped
-
-    def _sources_of(self, res_type: str) -> list[Source]:
-        return [s for h in self.headings for s in h.sources if s.type == res_type]
+                status_scoped[res_type] = frozenset(code for codes in wheres if codes for code in codes)
+        object.__setattr__(self, "resource_types", types)
+        object.__setattr__(self, "encounter_scoped_types", encounter_scoped)
+        object.__setattr__(self, "status_scoped_types", MappingProxyType(status_scoped))
 
 
 def _searchable(res_type: str, code: str, param_type: str) -> bool:

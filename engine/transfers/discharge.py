@@ -14,7 +14,6 @@ leaves them — and their status — as they are.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 from collections import Counter
@@ -172,12 +171,10 @@ async def _receivers(reader: StoreReader, patient: JSON, encounter: JSON, hospit
                                   care_home_codes=config.care_home_codes)
 
 
-@functools.cache
 def definition_types(doc_type: str) -> tuple[str, ...]:
-    """The resource types the document definition `doc_type` gathers (none for an unknown type). Cached,
-    as `definitions()` is: the packaged definitions never change while the process runs."""
+    """The resource types the document definition `doc_type` gathers (none for an unknown type)."""
     definition = definitions().get(doc_type)
-    return tuple(definition.resource_types) if definition is not None else ()
+    return definition.resource_types if definition is not None else ()
 
 
 def read_scope(doc_type: str, encounter_id: str) -> ReadScope:
@@ -185,19 +182,13 @@ def read_scope(doc_type: str, encounter_id: str) -> ReadScope:
     receivers read what they need from it too: the active referrals (ServiceRequest) and every
     EpisodeOfCare — so ServiceRequests are narrowed only to statuses that include `active`, and
     episodes never."""
-    return ReadScope(encounter_id, *_read_scope_parts(doc_type))
-
-
-@functools.cache
-def _read_scope_parts(doc_type: str) -> tuple[frozenset[str], tuple[tuple[str, frozenset[str]], ...]]:
-    """`read_scope`'s encounter-scoped types and statuses for `doc_type`, worked out once a type."""
     definition = definitions().get(doc_type)
     if definition is None:
-        return frozenset(), ()
-    scope = ReadScope.of(definition, "")
+        return ReadScope(encounter_id)
+    scope = ReadScope.of(definition, encounter_id)
     statuses = tuple((t, codes) for t, codes in scope.statuses
                      if t != "EpisodeOfCare" and (t != "ServiceRequest" or "active" in codes))
-    return scope.encounter_types - {"EpisodeOfCare", "ServiceRequest"}, statuses
+    return ReadScope(encounter_id, scope.encounter_types - {"EpisodeOfCare", "ServiceRequest"}, statuses)
 
 
 async def _issue_document(reader: StoreReader, encounter_id: str, config: TransfersConfig,
