@@ -149,10 +149,15 @@ async def read(conn: AsyncConnection, res_type: str, res_id: str, *, for_update:
     return _stored(row) if row else None
 
 
+def _resource_pk(res_type: str, res_id: str) -> Any:
+    """The `pk` of `res_type/res_id` as a subquery: a resource's versions are found by it (pk_resource_versions)."""
+    return (select(resources.c.pk).where(resources.c.res_type == res_type, resources.c.res_id == res_id)
+            .scalar_subquery())
+
+
 async def read_version(conn: AsyncConnection, res_type: str, res_id: str, version_id: int) -> Stored | None:
     query = select(*_VERSION_COLUMNS).where(
-        resource_versions.c.res_type == res_type,
-        resource_versions.c.res_id == res_id,
+        resource_versions.c.res_pk == _resource_pk(res_type, res_id),
         resource_versions.c.version_id == version_id,
     )
     row = (await conn.execute(query)).first()
@@ -321,7 +326,7 @@ async def history(
     so versions written while a client pages never shift the pages it has not fetched yet.
     """
     v = resource_versions.c
-    query = select(*_VERSION_COLUMNS).where(*_history_filter(res_type, res_id, since, at))
+    query = select(*_VERSION_COLUMNS).where(*history_filter(res_type, res_id, since, at))
     if after:
         moment, pk, version = after
         query = query.where(
@@ -343,19 +348,22 @@ async def history_total(
     since: datetime | None = None, at: datetime | None = None,
 ) -> int:
     query = select(func.count()).select_from(resource_versions).where(
-        *_history_filter(res_type, res_id, since, at)
+        *history_filter(res_type, res_id, since, at)
     )
     return (await conn.execute(query)).scalar_one()
 
 
-def _history_filter(
+def history_filter(
     res_type: str | None, res_id: str | None, since: datetime | None, at: datetime | None
 ) -> list[Any]:
+    """The conditions on `resource_versions` for a history: one resource's versions by its `res_pk`."""
     v = resource_versions.c
     clauses: list[Any] = []
-    if res_type:
+    if res_type and res_id:
+        clauses.append(v.res_pk == _resource_pk(res_type, res_id))
+    elif res_type:
         clauses.append(v.res_type == res_type)
-    if res_id:
+    elif res_id:
         clauses.append(v.res_id == res_id)
     if since:
         clauses.append(v.last_updated >= since)

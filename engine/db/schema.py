@@ -106,7 +106,7 @@ resource_versions = Table(
     # POST, PUT or DELETE: Bundle.entry.request.method in a history bundle.
     Column("method", String(8), nullable=False),
     Column("content", DocumentJSON, nullable=True),
-    Index(None, "res_type", "res_id", "version_id"),
+    # A resource's versions are found by its `res_pk` (the primary key), never by type and id.
     Index(None, "res_type", "last_updated"),
     Index(None, "last_updated"),
 )
@@ -147,13 +147,14 @@ idx_string = index_table(
     pattern_ops=("value",),
 )
 
-# Codings, Identifiers, ContactPoints, codes and booleans. `system` is '' when absent.
+# Codings, Identifiers, ContactPoints, codes and booleans. `system` is '' when absent. A search by
+# system alone (`system|`) reads the parameter's rows through the one index, filtering on the system.
 idx_token = index_table(
     "idx_token",
     Column("system", String(256), nullable=False, default=""),
     Column("code", String(256), nullable=False),
     Column("display", String(256), nullable=True),
-    indexes=(("res_type", "param", "code", "system"), ("res_type", "param", "system")),
+    indexes=(("res_type", "param", "code", "system"),),
 )
 
 # A date, dateTime, instant, Period or Timing as the closed interval [low, high].

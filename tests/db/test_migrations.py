@@ -94,3 +94,17 @@ def test_the_index_rows_migration_goes_down_and_up_again(tmp_path: Path) -> None
 
 def test_index_rows_have_no_key_of_their_own() -> None:
     assert all("id" not in table.c for table in INDEX_TABLES.values())
+
+
+def test_the_fewer_write_indexes_migration_goes_down_and_up_again(tmp_path: Path) -> None:
+    url, drop = create_test_database(tmp_path)
+    try:
+        downgrade(url, "0009")
+        assert "ix_idx_token_search_1" in columns_and_indexes(url, "idx_token")[1]
+        assert "ix_resource_versions_res_type_res_id_version_id" in columns_and_indexes(url, "resource_versions")[1]
+        upgrade(url)
+        assert set(columns_and_indexes(url, "idx_token")[1]) == {"ix_idx_token_res_pk", "ix_idx_token_search_0"}
+        assert "ix_resource_versions_res_type_res_id_version_id" not in columns_and_indexes(url, "resource_versions")[1]
+        assert differences(url) == []
+    finally:
+        drop()  # type: ignore[operator]

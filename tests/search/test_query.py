@@ -728,3 +728,28 @@ def test_postgres_plan_uses_composite_indexes(scratch: Store) -> None:
     assert "Index Scan using ix_idx_reference_search_" in by_patient and "Seq Scan" not in by_patient, by_patient
     by_code = plan([("code", f"{LOINC}|c3"), ("patient", "p3")])
     assert "Index Scan using ix_idx_reference_search_" in by_code and "Seq Scan" not in by_code, by_code
+
+
+def test_postgres_plan_reads_a_resources_versions_by_its_key(scratch: Store) -> None:
+    """A vread and an instance history go from the type and id to `pk_resource_versions` (migration 0010)."""
+    if scratch.backend != "postgresql":
+        pytest.skip("EXPLAIN plans are checked on PostgreSQL")
+    from engine.db.repository import history_filter
+    from engine.db.schema import resource_versions
+
+    rows = [{"pk": i + 1, "res_type": "Observation", "res_id": f"o{i}", "version_id": 2, "last_updated": T0,
+             "deleted": False, "content": {"resourceType": "Observation"}} for i in range(10_000)]
+    versions = [{"res_pk": row["pk"], "version_id": v, "res_type": "Observation", "res_id": row["res_id"],
+                 "last_updated": T0, "deleted": False, "method": "PUT", "content": row["content"]}
+                for row in rows for v in (1, 2)]
+    with scratch.sync.begin() as conn:
+        conn.execute(insert(resources), rows)
+        conn.execute(insert(resource_versions), versions)
+        conn.exec_driver_sql("ANALYZE")
+    query = resource_versions.select().where(*history_filter("Observation", "o7", None, None))
+    compiled = query.compile(scratch.sync, compile_kwargs={"literal_binds": True})
+    with scratch.sync.connect() as conn:
+        plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+        found = conn.execute(query).all()
+    assert "pk_resource_versions" in plan and "Seq Scan" not in plan, plan
+    assert sorted(row.version_id for row in found) == [1, 2]
