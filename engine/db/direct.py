@@ -229,6 +229,13 @@ class DirectConnection:
         return DirectResult(await self.raw.fetch(compiled.server_sql, *values))
 
 
+def json_parameter(value: Any) -> Jsonb:
+    """A jsonb parameter, serialised by orjson (datetimes as ISO 8601, read back as `timestamp`; tuples as
+    arrays) straight to the UTF-8 bytes psycopg sends. Lists of keys go this way too: psycopg dumps a Python
+    list as an array in Python, ~0.8 µs an element, where orjson takes a few nanoseconds."""
+    return Jsonb(value, dumps=orjson.dumps)
+
+
 def _json_text(value: Jsonb) -> str:
     """psycopg's JSONB wrapper (what SQLAlchemy's psycopg connections take) as the text asyncpg sends."""
     dumps = value.dumps or (lambda obj: orjson.dumps(obj).decode())

@@ -21,15 +21,13 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-import orjson
-from psycopg.types.json import Jsonb
 from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 
-from engine.db.direct import fetch_one_on_driver
+from engine.db.direct import fetch_one_on_driver, json_parameter
 from engine.db.ingest_schema import hl7_messages, resource_sources
 from engine.db.repository import stamp
 from engine.db.schema import INDEX_TABLES, resource_versions, resources
@@ -160,8 +158,8 @@ async def _insert_reserved(conn: AsyncConnection, message_id: int, record: Messa
 _LOCK_AND_RESERVE = text(
     "SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('hl7_messages', 'id'))"
     " FROM generate_series(1, CAST(:n AS int))), set_config('plan_cache_mode', 'force_generic_plan', true),"
-    " (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"
-    " ORDER BY k) AS l)"
+    " (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) FROM (SELECT CAST(value AS bigint) AS k"
+    " FROM jsonb_array_elements_text(CAST(:keys AS jsonb))) AS ks ORDER BY k) AS l)"
 )
 
 
@@ -173,7 +171,8 @@ async def lock_and_reserve(conn: AsyncConnection, lock_keys: Sequence[int]) -> i
 
 async def lock_and_reserve_many(conn: AsyncConnection, lock_keys: Iterable[int], count: int) -> list[int]:
     """`lock_and_reserve` for a batch of messages: every lock in key order, and `count` message ids."""
-    row = await fetch_one_on_driver(conn, _LOCK_AND_RESERVE, {"keys": sorted(set(lock_keys)), "n": count})
+    row = await fetch_one_on_driver(conn, _LOCK_AND_RESERVE, {"keys": json_parameter(sorted(set(lock_keys))),
+                                                              "n": count})
     return [int(i) for i in row[0]]
 
 
@@ -483,11 +482,11 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[StampedVersion
     index = _index_rows(versions)
     shape = WriteShape(creates=bool(creates), updates=bool(updates), tracked=bool(tracked), refreshed=bool(refreshed),
                        kinds=tuple(kind for kind in INDEX_TABLES if index.get(kind)), messages=bool(messages))
-    params: dict[str, Any] = {"creates": _json(creates), "updates": _json(updates), "tracked": _json(tracked),
-                              "refreshed": _json(refreshed)}
-    params.update((f"idx_{kind}", _json(index[kind])) for kind in shape.kinds)
+    params: dict[str, Any] = {"creates": json_parameter(creates), "updates": json_parameter(updates), "tracked": json_parameter(tracked),
+                              "refreshed": json_parameter(refreshed)}
+    params.update((f"idx_{kind}", json_parameter(index[kind])) for kind in shape.kinds)
     if messages:
-        params["messages"] = _json([{**_row(record), "attempts": 1, "id": message_id}
+        params["messages"] = json_parameter([{**_row(record), "attempts": 1, "id": message_id}
                                     for message_id, record in messages])
     row = await fetch_one_on_driver(conn, pg_write_statement(shape), params)
     updated, created = row[0], row[1]
@@ -515,10 +514,6 @@ async def write_messages(conn: AsyncConnection, versions: Sequence[StampedVersio
     return await _write_postgresql(conn, list(versions), sources, messages)
 
 
-def _json(rows: list[dict[str, Any]]) -> Jsonb:
-    """A jsonb parameter, serialised by orjson (datetimes as ISO 8601, read back as `timestamp`) straight
-    to the UTF-8 bytes psycopg sends."""
-    return Jsonb(rows, dumps=orjson.dumps)
 
 
 def _sources_statement(dialect_name: str) -> Any:
