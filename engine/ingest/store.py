@@ -482,12 +482,12 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[StampedVersion
     index = _index_rows(versions)
     shape = WriteShape(creates=bool(creates), updates=bool(updates), tracked=bool(tracked), refreshed=bool(refreshed),
                        kinds=tuple(kind for kind in INDEX_TABLES if index.get(kind)), messages=bool(messages))
-    params: dict[str, Any] = {"creates": json_parameter(creates), "updates": json_parameter(updates), "tracked": json_parameter(tracked),
-                              "refreshed": json_parameter(refreshed)}
+    params: dict[str, Any] = {"creates": json_parameter(creates), "updates": json_parameter(updates),
+                              "tracked": json_parameter(tracked), "refreshed": json_parameter(refreshed)}
     params.update((f"idx_{kind}", json_parameter(index[kind])) for kind in shape.kinds)
     if messages:
         params["messages"] = json_parameter([{**_row(record), "attempts": 1, "id": message_id}
-                                    for message_id, record in messages])
+                                             for message_id, record in messages])
     row = await fetch_one_on_driver(conn, pg_write_statement(shape), params)
     updated, created = row[0], row[1]
     if messages:
@@ -512,8 +512,6 @@ async def write_messages(conn: AsyncConnection, versions: Sequence[StampedVersio
     (their changes were written too: the caller rolls back), `ConcurrentChange` as `write_changes`.
     """
     return await _write_postgresql(conn, list(versions), sources, messages)
-
-
 
 
 def _sources_statement(dialect_name: str) -> Any:
