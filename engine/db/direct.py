@@ -355,7 +355,7 @@ async def fetch_all_on_driver(conn: AsyncConnection, statement: TextClause, para
     sql, values = compiled.server_sql, compiled.positional(params)
     sync = conn.sync_connection
     listening = sync is not None and bool(sync.dispatch.before_cursor_execute or sync.dispatch.after_cursor_execute)
-    raw = (await conn.get_raw_connection()).driver_connection
+    raw = await _driver_connection(conn)
     async with AsyncRawCursor(raw, row_factory=namedtuple_row) as cursor:
         if listening and sync is not None:
             for listener in sync.dispatch.before_cursor_execute:
@@ -364,6 +364,16 @@ async def fetch_all_on_driver(conn: AsyncConnection, statement: TextClause, para
         if listening and sync is not None:
             sync.dispatch.after_cursor_execute(sync, cursor, sql, values, None, False)
         return await cursor.fetchall()
+
+
+async def _driver_connection(conn: AsyncConnection) -> Any:
+    """The psycopg connection under `conn`. Read synchronously while `conn` holds a live connection (as it does
+    inside its transaction): `get_raw_connection()` costs a greenlet round trip (~20 µs) for the reconnection
+    that only an invalidated connection needs."""
+    sync = conn.sync_connection
+    if sync is not None and not sync.closed and not sync.invalidated:
+        return sync.connection.driver_connection
+    return (await conn.get_raw_connection()).driver_connection
 
 
 async def fetch_one_on_driver(conn: AsyncConnection, statement: TextClause, params: Mapping[str, Any]) -> Any:

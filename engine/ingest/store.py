@@ -362,6 +362,39 @@ async def _write_generic(conn: AsyncConnection, versions: list[StampedVersion]) 
             for v in versions]
 
 
+# An index row goes to PostgreSQL as a JSON array — its resource's type and id, then its values in this order —
+# rather than an object naming every column: the text PostgreSQL parses is about half as long (measured
+# replaying 39 batches of the bench: ~3 % less PostgreSQL CPU a write), and the rows are built without copying dicts.
+_INDEX_VALUES = {kind: tuple(c.name for c in table.columns if c.name not in ("res_pk", "res_type"))
+                 for kind, table in INDEX_TABLES.items()}
+
+
+def _pg_index_insert(kind: str) -> str:
+    """The part of the write that inserts `kind`'s index rows (`_index_arrays`), each joined to the pk `a`
+    returns for its resource. (OFFSET 0 keeps the subquery apart, so that each value is read from its array once
+    whichever join the plan uses.)"""
+    table = INDEX_TABLES[kind]
+    names = _INDEX_VALUES[kind]
+    values = ", ".join(f"CAST(e ->> {i} AS {_PG_TYPES[type(table.c[name].type).__name__]}) AS {name}"
+                       for i, name in enumerate(names, start=2))
+    return (f"i_{kind} AS (INSERT INTO {table.name} (res_pk, res_type, {', '.join(names)})"
+            f" SELECT a.pk, a.res_type, {', '.join(f'x.{name}' for name in names)}"
+            f" FROM (SELECT e ->> 0 AS res_type, e ->> 1 AS res_id, {values}"
+            f" FROM jsonb_array_elements(CAST(:idx_{kind} AS jsonb)) AS e OFFSET 0) AS x JOIN a USING (res_type, res_id))")
+
+
+def _index_arrays(versions: Iterable[StampedVersion]) -> dict[str, list[list[Any]]]:
+    """Search-index rows of every version by table kind, as `_pg_index_insert` reads them: [type, id, values…]."""
+    rows: dict[str, list[list[Any]]] = defaultdict(list)
+    for version in versions:
+        res_type, res_id = version.res_type, version.res_id
+        for kind, kind_rows in extract_index(version.document).items():
+            if kind_rows:
+                names = _INDEX_VALUES[kind]
+                rows[kind] += [[res_type, res_id, *(row.get(name) for name in names)] for row in kind_rows]
+    return rows
+
+
 def _index_rows(versions: Iterable[StampedVersion]) -> dict[str, list[dict[str, Any]]]:
     """Search-index rows of every version by table kind, keyed by (res_type, res_id) (pks come later)."""
     rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -415,7 +448,7 @@ class WriteShape:
 
 
 def _pg_write_sql(shape: WriteShape) -> str:
-    """One PostgreSQL statement for a whole batch: data-modifying CTEs fed by JSON recordsets, with only the
+    """One PostgreSQL statement for a whole batch: data-modifying CTEs fed by JSON parameters, with only the
     parts the batch needs (`shape`) — PostgreSQL starts every part of a statement up whether it has rows or
     not: the statement with every part and no rows at all costs it ~250 µs; on the bench's batches, leaving
     out the parts they did not need saved ~1.5 % of the statement's time.
@@ -441,12 +474,7 @@ def _pg_write_sql(shape: WriteShape) -> str:
         if shape.updates:
             parts.append(f"d_{kind} AS (DELETE FROM {table.name} WHERE res_pk IN (SELECT pk FROM u))")
         if kind in shape.kinds and written:
-            cols = [c for c in table.columns if c.name not in ("id", "res_pk")]
-            names = ", ".join(c.name for c in cols)
-            record = ", ".join(f"{c.name} {_PG_TYPES[type(c.type).__name__]}" for c in cols)
-            parts.append(f"i_{kind} AS (INSERT INTO {table.name} (res_pk, {names}) SELECT pk, {names}"
-                         f" FROM jsonb_to_recordset(:idx_{kind}) AS x({record}, res_id text)"
-                         f" JOIN a USING (res_type, res_id))")
+            parts.append(_pg_index_insert(kind))
     if shape.messages:
         parts.append(_PG_MESSAGES)
     updated = "(SELECT count(*) FROM u)" if shape.updates else "0"
@@ -479,7 +507,7 @@ async def _write_postgresql(conn: AsyncConnection, versions: list[StampedVersion
                for s in sources for t, i in s.keys]
     refreshed = [{"pk": pk, "event_time": s.event_time, "message_id": s.message_id}
                  for s in sources for pk in s.refreshed]
-    index = _index_rows(versions)
+    index = _index_arrays(versions)
     shape = WriteShape(creates=bool(creates), updates=bool(updates), tracked=bool(tracked), refreshed=bool(refreshed),
                        kinds=tuple(kind for kind in INDEX_TABLES if index.get(kind)), messages=bool(messages))
     params: dict[str, Any] = {"creates": json_parameter(creates), "updates": json_parameter(updates),
