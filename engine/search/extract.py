@@ -462,14 +462,16 @@ def _store_shared_rows_once(rows: dict[str, list[Row]], shared: tuple[tuple[str,
     dropped: dict[str, set[tuple[str, tuple[Any, ...]]]] = {}
     for kind, wide, narrow in shared:
         held = {_row_values(row) for row in rows[kind] if row["param"] in narrow}
-        dropped.setdefault(kind, set()).update((wide, values) for values in held)
+        if held:
+            dropped.setdefault(kind, set()).update((wide, values) for values in held)
     for kind, drop in dropped.items():
-        if drop:
-            rows[kind] = [row for row in rows[kind] if (row["param"], _row_values(row)) not in drop]
+        wide_params = {wide for wide, _ in drop}
+        rows[kind] = [row for row in rows[kind]
+                      if row["param"] not in wide_params or (row["param"], _row_values(row)) not in drop]
 
 
 def _row_values(row: Row) -> tuple[Any, ...]:
-    return tuple(value for column, value in row.items() if column != "param")
+    return tuple([value for column, value in row.items() if column != "param"])
 
 
 def relationship_rows(resource: Mapping[str, Any]) -> list[Row]:
