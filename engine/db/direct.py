@@ -237,9 +237,10 @@ def json_parameter(value: Any) -> Jsonb:
 
 
 def _json_text(value: Jsonb) -> str:
-    """psycopg's JSONB wrapper (what SQLAlchemy's psycopg connections take) as the text asyncpg sends."""
-    dumps = value.dumps or (lambda obj: orjson.dumps(obj).decode())
-    return dumps(value.obj)  # type: ignore[no-any-return]
+    """psycopg's JSONB wrapper (what SQLAlchemy's psycopg connections take) as the text asyncpg sends (its own
+    `dumps` may give bytes, as `json_parameter`'s does: asyncpg takes only text for jsonb)."""
+    text = (value.dumps or orjson.dumps)(value.obj)
+    return text.decode() if isinstance(text, bytes) else text  # type: ignore[no-any-return]
 
 
 async def _unchanged(connection: asyncpg.Connection) -> None:

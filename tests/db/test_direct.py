@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 from consent.policy import load_policy
 from engine.access_data import PolicySql, Viewer, load_contexts, patients_of
 from engine.config import access_policy_path
-from engine.db.direct import DirectResult, StatementCache, compile_statement
+from engine.db.direct import DirectResult, StatementCache, _json_text, compile_statement, json_parameter
 from engine.db.schema import resources
 
 PG = postgresql.psycopg.dialect()
@@ -56,6 +56,14 @@ def test_a_literal_list_becomes_an_array_parameter() -> None:
     compiled = compile_statement(select(resources.c.pk).where(resources.c.res_type.in_(["Patient", "Observation"])), PG)
     assert "= ANY(" in compiled.sql
     assert list(compiled.fixed.values()) == [["Patient", "Observation"]]
+
+
+def test_jsonb_values_go_to_asyncpg_as_text_whatever_their_serialiser_gives() -> None:
+    from psycopg.types.json import Jsonb
+
+    assert _json_text(json_parameter([["Patient", "é"]])) == '[["Patient","é"]]'
+    assert _json_text(Jsonb({"a": 1})) == '{"a":1}'
+    assert _json_text(Jsonb([1], dumps=lambda value: "[1]")) == "[1]"
 
 
 def test_text_statements_keep_percent_signs_escaped() -> None:
