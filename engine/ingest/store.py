@@ -368,7 +368,8 @@ async def _write_generic(conn: AsyncConnection, versions: list[StampedVersion]) 
 # replaying 39 batches of the bench: ~3 % less PostgreSQL CPU a write), and the rows are built without copying dicts.
 _INDEX_VALUES = {kind: tuple(c.name for c in table.columns if c.name not in ("res_pk", "res_type"))
                  for kind, table in INDEX_TABLES.items()}
-_INDEX_VALUES_OF = {kind: itemgetter(*names) for kind, names in _INDEX_VALUES.items()}  # every kind has 2 or more
+_INDEX_VALUES_OF = {kind: itemgetter(*names) if len(names) > 1 else (lambda row, name=names[0]: (row[name],))
+                    for kind, names in _INDEX_VALUES.items()}  # each a tuple of the row's values
 
 
 def _pg_index_insert(kind: str) -> str:
