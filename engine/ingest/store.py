@@ -354,11 +354,11 @@ async def _write_generic(conn: AsyncConnection, versions: list[StampedVersion]) 
         {"res_pk": pks[(v.res_type, v.res_id)], "version_id": v.version_id, "res_type": v.res_type,
          "res_id": v.res_id, "last_updated": v.moment, "deleted": False,
          "method": "POST" if v.current is None else "PUT", "content": v.document} for v in versions])
-    for kind, rows in _index_rows(versions).items():
-        if rows:
-            for row in rows:
-                row["res_pk"] = pks[(row["res_type"], row.pop("res_id"))]
-            await conn.execute(insert(INDEX_TABLES[kind]), rows)
+    for kind, arrays in _index_arrays(versions).items():
+        names = _INDEX_VALUES[kind]
+        await conn.execute(insert(INDEX_TABLES[kind]), [
+            {"res_pk": pks[(res_type, res_id)], "res_type": res_type, **dict(zip(names, values, strict=True))}
+            for res_type, res_id, *values in arrays])
     return [Written(pks[(v.res_type, v.res_id)], v.res_type, v.res_id, v.version_id, v.current is None, v.document)
             for v in versions]
 
@@ -387,7 +387,8 @@ def _pg_index_insert(kind: str) -> str:
 
 
 def _index_arrays(versions: Iterable[StampedVersion]) -> dict[str, list[list[Any]]]:
-    """Search-index rows of every version by table kind, as `_pg_index_insert` reads them: [type, id, values…]."""
+    """Search-index rows of every version by table kind, as `_pg_index_insert` reads them: [type, id, values…]
+    (in `_INDEX_VALUES` order; only the kinds with rows)."""
     rows: dict[str, list[list[Any]]] = defaultdict(list)
     for version in versions:
         res_type, res_id = version.res_type, version.res_id
@@ -395,16 +396,6 @@ def _index_arrays(versions: Iterable[StampedVersion]) -> dict[str, list[list[Any
             if kind_rows:
                 values_of = _INDEX_VALUES_OF[kind]
                 rows[kind] += [[res_type, res_id, *values_of(row)] for row in kind_rows]
-    return rows
-
-
-def _index_rows(versions: Iterable[StampedVersion]) -> dict[str, list[dict[str, Any]]]:
-    """Search-index rows of every version by table kind, keyed by (res_type, res_id) (pks come later)."""
-    rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for version in versions:
-        res_type, res_id = version.res_type, version.res_id
-        for kind, kind_rows in extract_index(version.document).items():
-            rows[kind].extend({**row, "res_type": res_type, "res_id": res_id} for row in kind_rows)
     return rows
 
 
