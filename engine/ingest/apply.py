@@ -239,9 +239,9 @@ async def read_patient_resources(conn: AsyncConnection, patient_id: str, types: 
     pairs = sorted((t, code) for t, codes in (statuses or {}).items() if t in wanted for code in codes)
     if conn.dialect.name == "postgresql":
         rows = await fetch_all_on_driver(conn, _PG_PATIENT_RESOURCES, {
-            "patient": patient_id, "types": wanted, "scoped": scoped, "encounter": encounter_id,
-            "status_scoped": sorted({t for t, _ in pairs}), "status_types": [t for t, _ in pairs],
-            "status_codes": [code for _, code in pairs]})
+            "patient": patient_id, "types": json_parameter(wanted), "scoped": json_parameter(scoped),
+            "encounter": encounter_id, "status_scoped": json_parameter(sorted({t for t, _ in pairs})),
+            "statuses": json_parameter(pairs)})
     else:
         query = (select(*_CURRENT_COLUMNS).select_from(_CURRENT_FROM)
                  .where(resources.c.patient_id == patient_id, resources.c.deleted.is_(False),
@@ -260,14 +260,16 @@ async def read_patient_resources(conn: AsyncConnection, patient_id: str, types: 
     return [_current(row) for row in rows]
 
 
+# The lists go as JSON (engine.db.direct.json_parameter, as the ingest's keys do), each read into an array once.
 _PG_PATIENT_RESOURCES = text(
     _PG_CURRENT + " FROM resources AS r LEFT JOIN resource_sources AS s ON s.res_pk = r.pk WHERE r.patient_id = :patient"
-    " AND NOT r.deleted AND r.res_type = ANY(CAST(:types AS text[])) AND (r.res_type <> ALL(CAST(:scoped AS text[]))"
+    " AND NOT r.deleted AND r.res_type = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(:types AS jsonb))))"
+    " AND (r.res_type <> ALL(ARRAY(SELECT jsonb_array_elements_text(CAST(:scoped AS jsonb))))"
     " OR r.pk IN (SELECT i.res_pk FROM idx_reference AS i WHERE i.target_type = 'Encounter'"
     " AND i.target_id = CAST(:encounter AS text)))"
-    " AND (r.res_type <> ALL(CAST(:status_scoped AS text[])) OR EXISTS (SELECT 1 FROM idx_token AS t"
-    " JOIN unnest(CAST(:status_types AS text[]), CAST(:status_codes AS text[])) AS w(res_type, code)"
-    " ON w.res_type = t.res_type AND w.code = t.code WHERE t.res_pk = r.pk AND t.param = 'status'))"
+    " AND (r.res_type <> ALL(ARRAY(SELECT jsonb_array_elements_text(CAST(:status_scoped AS jsonb))))"
+    " OR EXISTS (SELECT 1 FROM idx_token AS t JOIN jsonb_array_elements(CAST(:statuses AS jsonb)) AS w(pair)"
+    " ON w.pair ->> 0 = t.res_type AND w.pair ->> 1 = t.code WHERE t.res_pk = r.pk AND t.param = 'status'))"
     " ORDER BY r.pk"
 )
 
